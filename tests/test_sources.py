@@ -1,0 +1,73 @@
+"""The download stage's three sources, offline: kagglehub is fed through its own cache folder."""
+
+import shutil
+
+import pytest
+
+from covidct import rawdata
+from covidct.rawdata import DataError
+
+HANDLE = "hgunraj/covidxct/versions/5"
+
+
+def copy_layout(src, dst):
+    dst.mkdir(parents=True)
+    for split in rawdata.SPLITS:
+        shutil.copy(src / rawdata.split_filename(split), dst)
+    shutil.copytree(src / "3A_images", dst / "3A_images")
+
+
+@pytest.fixture
+def kagglehub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.kaggle/kaggle.json either
+    return tmp_path / "kagglehub"
+
+
+def test_kaggle_source_reads_kagglehubs_cache(tiny_sample, kagglehub_cache, tmp_path):
+    from kagglehub.cache import Cache
+    from kagglehub.handle import parse_dataset_handle
+
+    handle = parse_dataset_handle(HANDLE)
+    # The real download extracts the archive here and leaves a completion marker; do the same by hand.
+    copy_layout(tiny_sample, kagglehub_cache / "datasets" / "hgunraj" / "covidxct" / "versions" / "5")
+    Cache().mark_as_complete(handle)
+
+    out = tmp_path / "raw"
+    out.mkdir()
+    info = rawdata.prepare({"source": "kaggle", "variant": "3A", "kaggle_handle": HANDLE}, {}, out, progress=False)
+    assert info["kaggle_handle"] == HANDLE
+    assert info["split_files"]["train"]["sha256"] == rawdata.sha256_file(tiny_sample / "train_COVIDx_CT-3A.txt")
+    assert not (out / "3A_images").exists()  # the images stay in kagglehub's cache: no second copy
+    assert rawdata.resolve_images_root(out) == kagglehub_cache / "datasets/hgunraj/covidxct/versions/5"
+
+
+def test_kaggle_offline_without_credentials_says_what_to_set(kagglehub_cache, tmp_path):
+    with pytest.raises(DataError) as err:
+        rawdata.prepare({"source": "kaggle", "variant": "3A", "kaggle_handle": HANDLE}, {}, tmp_path, progress=False)
+    message = str(err.value)
+    assert HANDLE in message and "KAGGLE_USERNAME" in message and "kaggle.json" in message
+    assert "data.source=local" in message
+
+
+def test_kaggle_handle_must_be_pinned(tmp_path):
+    with pytest.raises(DataError, match="pin one"):
+        rawdata.prepare({"source": "kaggle", "kaggle_handle": "hgunraj/covidxct"}, {}, tmp_path, progress=False)
+
+
+def test_local_source_finds_the_split_files_one_level_down(tiny_sample, tmp_path):
+    copy_layout(tiny_sample, tmp_path / "download" / "covidxct")
+    out = tmp_path / "raw"
+    out.mkdir()
+    info = rawdata.prepare({"source": "local", "variant": "3A", "local_root": str(tmp_path / "download")}, {}, out)
+    assert info["split_files"]["test"]["slices"] == len(rawdata.read_split_file(out / "test_COVIDx_CT-3A.txt", "test"))
+    assert rawdata.resolve_images_root(out) == tmp_path / "download" / "covidxct"
+
+
+def test_local_source_without_split_files_lists_what_it_found(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train_COVIDx_CT-2A.txt").write_text("")
+    with pytest.raises(DataError, match=r"no train_COVIDx_CT-3A.txt.*train_COVIDx_CT-2A.txt.*data.variant"):
+        rawdata.prepare({"source": "local", "variant": "3A", "local_root": str(tmp_path / "d")}, {}, tmp_path)
