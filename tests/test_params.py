@@ -1,0 +1,87 @@
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from covidct import params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def committed():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_committed_params_are_valid_and_offline():
+    p = params.load(ROOT / "params.yaml")
+    assert p["data"]["source"] == "sample"
+    assert {name for name, b in p["backbones"].items() if b["weights"] == "imagenet"} == {"efficientnet_lite0"}
+
+
+def test_the_readme_full_study_command_sets_valid_params():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- full-study-command -->(.*?)<!-- /full-study-command -->", readme, re.S).group(1)
+    overrides = re.findall(r"-S ([\w.]+)=(\S+)", block)
+    assert overrides
+    p = committed()
+    for dotted, value in overrides:
+        *parents, last = dotted.split(".")
+        node = p
+        for key in parents:
+            node = node[key]
+        assert last in node, f"README sets {dotted}, which params.yaml does not have"
+        node[last] = yaml.safe_load(value)
+    assert params.validate(p) == []
+    assert p["data"]["source"] == "kaggle"
+    for name, b in p["backbones"].items():
+        assert b["weights"] == "imagenet"
+        assert b["image_size"] == {"vit_b16": 384}.get(name, 224)
+
+
+@pytest.mark.parametrize(
+    "dotted, value, message",
+    [
+        ("data.source", "s3", "data.source='s3': choose one of ['sample', 'local', 'kaggle']"),
+        ("crop.image_size", -5, "crop.image_size=-5: must be a positive integer"),
+        ("crop.balance", "smote", "crop.balance='smote': choose one of ['undersample', 'weighted', 'none']"),
+        ("backbones.vit_b16.image_size", 100, "a multiple of 16"),
+        ("backbones.vgg16.weights", "imagenet21k", "backbones.vgg16.weights='imagenet21k': choose one of"),
+    ],
+)
+def test_invalid_params_are_named_with_their_choices(tmp_path, dotted, value, message):
+    p = committed()
+    *parents, last = dotted.split(".")
+    node = p
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    with pytest.raises(params.ParamsError) as err:
+        params.load(tmp_path / "params.yaml")
+    assert message in str(err.value)
+
+
+def test_unknown_backbone_lists_the_registry(tmp_path):
+    p = committed()
+    p["backbones"]["alexnet"] = {"weights": "none", "image_size": 64}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    with pytest.raises(params.ParamsError, match=r"backbones.alexnet: unknown backbone; choose from \['efficientnet_lite0'"):
+        params.load(tmp_path / "params.yaml")
+
+
+def test_a_stage_reports_bad_params_in_one_line_without_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    p = committed()
+    p["data"]["source"] = "ftp"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "stages.download"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: params.yaml: data.source='ftp': choose one of")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing started before the check
