@@ -98,7 +98,8 @@ def extract(store_dir: str | os.PathLike, out_dir: str | os.PathLike, backbone: 
     metadata = {
         "backbone": backbone, "weights": weights, "image_size": image_size, "feature_dim": spec.feature_dim,
         "crop_size": store.size, "normalization": {"mean": spec.mean, "std": spec.std},
-        "label_names": store.meta["label_names"], "versions": library_versions(),
+        "label_names": store.meta["label_names"], "balance": store.meta["balance"],
+        "class_weights": store.meta["class_weights"], "versions": library_versions(),
     }
     schema = schema_for(spec.feature_dim, metadata)
     stats = {}

@@ -9,6 +9,7 @@ import yaml
 
 from covidct.backbones import REGISTRY, WEIGHTS
 from covidct.crop import BALANCES, CLASS_MAPS
+from covidct.heads import HEADS
 
 SOURCES = ("sample", "local", "kaggle")
 
@@ -68,4 +69,18 @@ def validate(params: dict) -> list[str]:
             + (f", a multiple of {spec.size_multiple}" if spec.size_multiple > 1 else "")
             + f" (native: {spec.native_size})",
         )
+
+    heads = params.get("heads", {})
+    check(isinstance(heads, dict) and heads, "heads: list at least one head")
+    for name in heads or {}:
+        check(name in HEADS, f"heads.{name}: unknown head; choose from {sorted(HEADS)}")
+    mlp = (heads or {}).get("mlp")
+    if mlp:
+        for key in ("hidden", "epochs", "batch_size", "step_epochs"):
+            check(_positive_int(mlp.get(key)), f"heads.mlp.{key}={mlp.get(key)!r}: must be a positive integer")
+        check(0 < mlp.get("base_lr", 0) <= mlp.get("max_lr", 0),
+              f"heads.mlp: need 0 < base_lr <= max_lr, got {mlp.get('base_lr')!r}, {mlp.get('max_lr')!r}")
+        check(0 <= mlp.get("dropout", -1) < 1, f"heads.mlp.dropout={mlp.get('dropout')!r}: must be in [0, 1)")
+    evaluate = params.get("evaluate", {})
+    check(_positive_int(evaluate.get("bootstrap")), f"evaluate.bootstrap={evaluate.get('bootstrap')!r}: must be a positive integer")
     return problems

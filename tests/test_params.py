@@ -47,6 +47,10 @@ def test_the_readme_full_study_command_sets_valid_params():
         ("crop.balance", "smote", "crop.balance='smote': choose one of ['undersample', 'weighted', 'none']"),
         ("backbones.vit_b16.image_size", 100, "a multiple of 16"),
         ("backbones.vgg16.weights", "imagenet21k", "backbones.vgg16.weights='imagenet21k': choose one of"),
+        ("heads.mlp.epochs", 0, "heads.mlp.epochs=0: must be a positive integer"),
+        ("heads.mlp.max_lr", 1e-6, "heads.mlp: need 0 < base_lr <= max_lr, got 5e-05, 1e-06"),
+        ("heads.mlp.dropout", 1.0, "heads.mlp.dropout=1.0: must be in [0, 1)"),
+        ("evaluate.bootstrap", -1, "evaluate.bootstrap=-1: must be a positive integer"),
     ],
 )
 def test_invalid_params_are_named_with_their_choices(tmp_path, dotted, value, message):
@@ -67,6 +71,14 @@ def test_unknown_backbone_lists_the_registry(tmp_path):
     p["backbones"]["alexnet"] = {"weights": "none", "image_size": 64}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     with pytest.raises(params.ParamsError, match=r"backbones.alexnet: unknown backbone; choose from \['efficientnet_lite0'"):
+        params.load(tmp_path / "params.yaml")
+
+
+def test_unknown_head_lists_the_choices(tmp_path):
+    p = committed()
+    p["heads"]["svm"] = {"C": 1.0}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    with pytest.raises(params.ParamsError, match=r"heads.svm: unknown head; choose from \['logreg', 'mlp'\]"):
         params.load(tmp_path / "params.yaml")
 
 

@@ -21,6 +21,8 @@ def shrink(params: dict) -> dict:
     params["extract"]["batch_size"] = 8
     for cfg in params["backbones"].values():
         cfg["image_size"] = 32
+    params["heads"]["mlp"].update(hidden=16, epochs=2)
+    params["evaluate"]["bootstrap"] = 50
     return params
 
 
@@ -34,9 +36,13 @@ def project(tmp_path_factory):
         else:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
     params = yaml.safe_load((work / "params.yaml").read_text())
     (work / "params.yaml").write_text(yaml.safe_dump(shrink(params), sort_keys=False))
+    # A clone has commits; dvclive needs one (it reads HEAD before checking that a commit exists).
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=work, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "project"], cwd=work, check=True)
     return work
 
 
@@ -58,24 +64,75 @@ def repro(work: Path) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", result.stdout))
 
 
+def stages_of(params: dict, backbones=None, heads=None) -> set[str]:
+    """Names of the extract/train/evaluate stages for these backbones and heads (all by default)."""
+    backbones = list(params["backbones"]) if backbones is None else backbones
+    heads = list(params["heads"]) if heads is None else heads
+    models = {f"{b}-{h}" for b in backbones for h in heads}
+    return ({f"extract@{b}" for b in backbones} if heads == list(params["heads"]) else set()) | {
+        f"{stage}@{m}" for stage in ("train", "evaluate") for m in models}
+
+
 @pytest.mark.slow
 def test_each_change_reruns_exactly_what_depends_on_it(project):
-    backbones = {f"extract@{name}" for name in yaml.safe_load((project / "params.yaml").read_text())["backbones"]}
-    assert repro(project) == {"download", "crop"} | backbones
-    for name in backbones:
-        backbone = name.split("@")[1]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    everything = {"download", "crop", "report"} | stages_of(params)
+    assert repro(project) == everything
+    for backbone in params["backbones"]:
         assert sorted(p.name for p in (project / "data/features" / backbone).iterdir()) == [
             "test.parquet", "train.parquet", "val.parquet"]
+    for model in (f"{b}-{h}" for b in params["backbones"] for h in params["heads"]):
+        assert (project / f"metrics/{model}.json").is_file() and (project / f"plots/{model}/epochs.csv").is_file()
+    assert "| Model |" in (project / "metrics/summary.md").read_text()
 
     assert repro(project) == set(), "nothing changed, nothing may rerun"
 
+    set_param(project, "heads.mlp.hidden", 24)
+    assert repro(project) == {"report"} | stages_of(params, heads=["mlp"]), "a head change never reruns extract"
+
     set_param(project, "backbones.resnet18.image_size", 48)
-    assert repro(project) == {"extract@resnet18"}
+    assert repro(project) == {"report"} | stages_of(params, backbones=["resnet18"])
 
     set_param(project, "crop.image_size", 36)
-    assert repro(project) == {"crop"} | backbones
+    assert repro(project) == everything - {"download"}
 
     assert repro(project) == set()
+
+
+@pytest.mark.slow
+def test_every_plot_renders_in_dvc_plots_show(project):
+    """Runs after the repro above (same module fixture): each declared plot is in the HTML."""
+    if not (project / "metrics/summary.md").exists():
+        repro(project)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "-o", "plots_html"], cwd=project, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    html = (project / "plots_html/index.html").read_text()
+    dvc_yaml = yaml.safe_load((project / "dvc.yaml").read_text())
+    titles = [next(iter(entry)) for entry in dvc_yaml["plots"]]
+    assert len(titles) >= 5
+    for title in titles:
+        assert title in html, f"plot {title!r} missing from dvc plots show"
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for model in (f"{b}-{h}" for b in params["backbones"] for h in params["heads"]):
+        assert f"plots/{model}/epochs.csv" in html
+
+
+def test_dvc_yaml_lists_every_model():
+    """report's deps and the overlaid plots are spelled out in dvc.yaml: they must cover params.yaml's grid."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    models = [f"{b}-{h}" for b in params["backbones"] for h in params["heads"]]
+    assert sorted(dvc_yaml["stages"]["report"]["deps"]) == sorted(
+        ["stages/report.py", "covidct/report.py"] + [f"metrics/{m}.json" for m in models])
+    plots = {next(iter(entry)): next(iter(entry.values())) for entry in dvc_yaml["plots"]}
+    for title, spec in plots.items():
+        files = " ".join(spec["y"])
+        if title.startswith(("ROC", "Precision-recall", "Calibration")):
+            assert all(f"dvclive/{m}/evaluate/" in files for m in models), title
+    for m in models:
+        assert f"Confusion matrix {m} (test)" in plots
 
 
 def test_no_param_is_named_like_dvc_file_metadata():

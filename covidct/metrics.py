@@ -1,0 +1,172 @@
+"""Evaluation: slice- and patient-level metrics with patient-bootstrap confidence intervals.
+
+Slices of one patient are not independent, so intervals resample *patients* (with replacement) and weight
+each slice by how often its patient was drawn. scikit-learn computes what it has (confusion matrix, ROC AUC,
+average precision, log loss, Brier score, ROC curve) for the point values; the confusion-matrix ratios and
+the expected calibration error (binned as ``sklearn.calibration.calibration_curve`` bins) are derived here.
+The 1,000 resamples run vectorised (``resampled_metrics``), checked against scikit-learn's weighted metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, brier_score_loss, confusion_matrix, log_loss, roc_auc_score, roc_curve
+
+THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
+RANKING_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
+METRICS = THRESHOLD_METRICS + RANKING_METRICS
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b > 0 else float("nan")
+
+
+def expected_calibration_error(y, p, n_bins: int = 10, sample_weight=None) -> float:
+    """Sum over probability bins of |fraction positive - mean probability|, weighted by the bin's share."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    w = np.ones_like(p) if sample_weight is None else np.asarray(sample_weight, float)
+    bins = np.linspace(0.0, 1.0, n_bins + 1)
+    ids = np.searchsorted(bins[1:-1], p)  # exactly calibration_curve's "uniform" binning
+    total = np.bincount(ids, w, minlength=n_bins)
+    gap = np.abs(np.bincount(ids, w * y, minlength=n_bins) - np.bincount(ids, w * p, minlength=n_bins))
+    return float(gap.sum() / total.sum())
+
+
+def threshold_metrics(y, p, threshold: float = 0.5, sample_weight=None) -> dict:
+    pred = (np.asarray(p) >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1], sample_weight=sample_weight).ravel()
+    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    return {
+        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def ranking_metrics(y, p, sample_weight=None, n_bins: int = 10) -> dict:
+    y, p = np.asarray(y), np.clip(np.asarray(p, float), 0.0, 1.0)
+    both = len(np.unique(y[sample_weight > 0] if sample_weight is not None else y)) == 2
+    return {
+        "roc_auc": float(roc_auc_score(y, p, sample_weight=sample_weight)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, p, sample_weight=sample_weight)) if both else float("nan"),
+        "log_loss": float(log_loss(y, p, labels=[0, 1], sample_weight=sample_weight)),
+        "brier": float(brier_score_loss(y, p, sample_weight=sample_weight, pos_label=1)),
+        "ece": expected_calibration_error(y, p, n_bins, sample_weight),
+    }
+
+
+def all_metrics(y, p, threshold=0.5, sample_weight=None, n_bins=10, which=METRICS) -> dict:
+    out = {}
+    if set(which) & set(THRESHOLD_METRICS):
+        out.update(threshold_metrics(y, p, threshold, sample_weight))
+    if set(which) & set(RANKING_METRICS):
+        out.update(ranking_metrics(y, p, sample_weight, n_bins))
+    return {k: out[k] for k in which}
+
+
+def resampled_metrics(y, p, weights, threshold=0.5, n_bins=10) -> dict:
+    """Every metric for each row of ``weights`` (resamples x slices) at once, without a Python loop.
+
+    The same definitions as scikit-learn's weighted metrics (a test checks them against it); the bootstrap
+    needs them a thousand times, and sklearn's per-call overhead would make that minutes per model.
+    """
+    y, p = np.asarray(y).astype(bool), np.clip(np.asarray(p, float), 0.0, 1.0)
+    w = np.asarray(weights, float)
+    pred = p >= threshold
+    tp, fn, fp, tn = (w @ (y & pred), w @ (y & ~pred), w @ (~y & pred), w @ (~y & ~pred))
+    positives, negatives = tp + fn, tn + fp
+    out = {}
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 -> nan, as _ratio does
+        out["accuracy"] = (tp + tn) / (positives + negatives)
+        out["sensitivity"], out["specificity"] = tp / positives, tn / negatives
+        out["balanced_accuracy"] = (out["sensitivity"] + out["specificity"]) / 2
+        out["ppv"], out["npv"] = tp / (tp + fp), tn / (tn + fn)
+        out["f1"] = 2 * tp / (2 * tp + fp + fn)
+
+        # Ranking metrics over the distinct scores, ascending: cumulative weights at the end of each tie group.
+        order = np.argsort(p, kind="stable")
+        ends = np.flatnonzero(np.r_[np.diff(p[order]) > 0, True])
+        w_sorted = w[:, order]
+        cum_pos = np.cumsum(w_sorted * y[order], axis=1)[:, ends]
+        cum_neg = np.cumsum(w_sorted * ~y[order], axis=1)[:, ends]
+        pos_in = np.diff(cum_pos, axis=1, prepend=0.0)
+        neg_in = np.diff(cum_neg, axis=1, prepend=0.0)
+        neg_below = cum_neg - neg_in
+        both = (positives > 0) & (negatives > 0)
+        auc = (pos_in * (neg_below + 0.5 * neg_in)).sum(1) / (positives * negatives)
+        out["roc_auc"] = np.where(both, auc, np.nan)
+        # Precision at each threshold counts the slices scoring at or above it.
+        above_pos, above_neg = positives[:, None] - cum_pos + pos_in, negatives[:, None] - cum_neg + neg_in
+        precision = np.where(pos_in > 0, above_pos / (above_pos + above_neg), 0.0)
+        out["pr_auc"] = np.where(both, (pos_in * precision).sum(1) / positives, np.nan)
+
+    total = positives + negatives
+    eps = np.finfo(float).eps
+    q = np.clip(p, eps, 1 - eps)
+    out["log_loss"] = -(w @ np.where(y, np.log(q), np.log1p(-q))) / total
+    out["brier"] = (w @ (y - p) ** 2) / total
+    bins = np.eye(n_bins, dtype=bool)[np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], p)]
+    out["ece"] = np.abs(w @ (bins * y[:, None]) - w @ (bins * p[:, None])).sum(1) / total
+    return out
+
+
+def bootstrap(y, p, groups, threshold=0.5, n_resamples=1000, seed=0, n_bins=10, which=METRICS, level=0.95,
+              chunk=100) -> dict:
+    """{metric: {value, ci_low, ci_high}}: point value on all data, percentile CI over resampled groups."""
+    y, p = np.asarray(y), np.asarray(p, float)
+    point = all_metrics(y, p, threshold, None, n_bins, which)
+    codes, uniques = pd.factorize(np.asarray(groups))
+    rng = np.random.default_rng(seed)
+    draws = {k: [] for k in which}
+    for start in range(0, n_resamples, chunk):  # bounded memory: chunk x slices weights at a time
+        n = min(chunk, n_resamples - start)
+        drawn = rng.integers(0, len(uniques), (n, len(uniques)))
+        counts = np.zeros((n, len(uniques)))
+        np.add.at(counts, (np.arange(n)[:, None], drawn), 1.0)
+        resampled = resampled_metrics(y, p, counts[:, codes], threshold, n_bins)
+        for k in which:
+            draws[k].append(resampled[k])
+    alpha = (1 - level) / 2
+    out = {}
+    for k in which:
+        values = np.concatenate(draws[k])
+        values = values[np.isfinite(values)]
+        low, high = (np.quantile(values, [alpha, 1 - alpha]) if len(values) else (np.nan, np.nan))
+        out[k] = {"value": _round(point[k]), "ci_low": _round(low), "ci_high": _round(high)}
+    return out
+
+
+def _round(v) -> float | None:
+    v = float(v)
+    return round(v, 6) if np.isfinite(v) else None
+
+
+def youden_threshold(y, p) -> float:
+    """The probability cut maximising sensitivity + specificity - 1 (Youden's J) on these data."""
+    fpr, tpr, thresholds = roc_curve(y, p)
+    return float(np.clip(thresholds[int(np.argmax(tpr - fpr))], 0.0, 1.0))
+
+
+def patient_level(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient: score = mean slice probability, label = positive if any slice is."""
+    return frame.groupby("patient", sort=True).agg(label=("label", "max"), prob=("prob", "mean")).reset_index()
+
+
+def evaluate(val: pd.DataFrame, test: pd.DataFrame, n_resamples=1000, seed=0, n_bins=10) -> dict:
+    """``val``/``test``: columns patient, label (0/1), prob (of the positive class)."""
+    threshold = youden_threshold(val["label"], val["prob"])
+    patients = patient_level(test)
+    return {
+        "val": bootstrap(val["label"], val["prob"], val["patient"], 0.5, n_resamples, seed, n_bins),
+        "test": bootstrap(test["label"], test["prob"], test["patient"], 0.5, n_resamples, seed, n_bins),
+        "test_at_threshold": bootstrap(test["label"], test["prob"], test["patient"], threshold, n_resamples, seed,
+                                       n_bins, which=THRESHOLD_METRICS),
+        "patient": bootstrap(patients["label"], patients["prob"], patients["patient"], 0.5, n_resamples, seed,
+                             n_bins),
+        "threshold": round(threshold, 6),
+    }

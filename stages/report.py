@@ -1,0 +1,20 @@
+"""report stage: every model's metrics -> metrics/summary.md (a table, best first) + metrics/summary.json."""
+
+import json
+
+from covidct import cli, params, report
+from covidct.atomic import atomic_write_json, atomic_write_text
+
+
+def main() -> None:
+    p = params.load()
+    names = [f"{b}-{h}" for b in p["backbones"] for h in p["heads"]]
+    results = {name: json.loads(open(f"metrics/{name}.json").read()) for name in names}
+    text = report.summary_markdown(results, p["evaluate"]["bootstrap"])
+    atomic_write_text("metrics/summary.md", text)
+    atomic_write_json("metrics/summary.json", report.summary_metrics(results))
+    print(text)
+
+
+if __name__ == "__main__":
+    cli.run(main)
