@@ -1,0 +1,254 @@
+"""What the fine-tuned networks look at: class activation maps, input gradients, first-layer kernels.
+
+All functions take a ``finetune.Classifier`` and grayscale images in [0, 1] of shape (N, 1, H, W), the
+way the crop store holds them. The classifier resizes and normalises inside, so every map comes back at
+the size of the images passed in and can be laid straight over them. Figures are drawn with matplotlib's
+Agg canvas (no pyplot, no global backend switch) and written atomically, so a killed stage never leaves
+half a PNG for DVC to cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from covidct.atomic import atomic_path
+
+CAM_METHODS = ("gradcam", "hirescam", "eigencam")
+KINDS = ("TP", "TN", "FP", "FN")
+
+# -----------------------------------------------------------------------------------------------------------------
+# where to look: the last spatial feature map of each architecture
+
+
+def _vit_tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, 1 + g*g, C) tokens -> (N, C, g, g): drop the class token, lay the patch tokens on their grid.
+
+    g comes from the token count, so the same function serves every image size (g = image_size // 16).
+    """
+    patches = tokens[:, 1:, :]
+    g = math.isqrt(patches.shape[1])
+    assert g * g == patches.shape[1], f"{patches.shape[1]} patch tokens do not form a square grid"
+    return patches.reshape(tokens.shape[0], g, g, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+# arch -> (backbone -> target layer, reshape transform or None). Standard choices from the grad-cam docs:
+# the last conv-stage output for CNNs; for the ViT the last block's first LayerNorm, whose output feeds the
+# attention that produces the class token (the final block's output itself only matters through that token).
+CAM_TARGETS = {
+    "vgg16": (lambda b: b.features[-1], None),
+    "resnet18": (lambda b: b.layer4[-1], None),
+    "resnet50": (lambda b: b.layer4[-1], None),
+    "vit_b16": (lambda b: b.transformer.blocks[-1].norm1, _vit_tokens_to_map),
+    "efficientnet_lite0": (lambda b: b._conv_head, None),
+}
+
+
+def cam_target(arch: str, model: nn.Module):
+    """([target layer], reshape transform or None) for a ``Classifier`` built on the registry backbone ``arch``."""
+    if arch not in CAM_TARGETS:
+        raise KeyError(f"no CAM target layer for {arch!r}; choose one of {sorted(CAM_TARGETS)}")
+    layer, reshape = CAM_TARGETS[arch]
+    return [layer(model.backbone)], reshape
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# maps
+
+
+@contextlib.contextmanager
+def _explaining(model: nn.Module):
+    """Eval mode for the duration (dropout off, BatchNorm on running stats), then the caller's mode back.
+
+    Leaves no parameter gradients behind: a frozen backbone should not grow 100M+ ``.grad`` tensors (VGG16)
+    just because someone looked at a saliency map.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+
+def _as_input(images) -> torch.Tensor:
+    """A float (N, 1, H, W) leaf tensor that requires grad, on no device other than the one it came on.
+
+    Requiring grad on the *input* is what makes frozen models work: every activation after it then carries
+    a graph, so grad-cam's hooks see gradients without touching any parameter's ``requires_grad``, and
+    backward never computes weight gradients nobody asked for.
+    """
+    x = torch.as_tensor(images, dtype=torch.float32)
+    if x.ndim == 3:
+        x = x[:, None]
+    return x.detach().clone().requires_grad_(True)
+
+
+def class_activation_maps(model: nn.Module, arch: str, images, target_class: int,
+                          methods=CAM_METHODS) -> dict[str, np.ndarray]:
+    """method -> float32 (N, H, W) in [0, 1] at the input's size: where ``target_class``'s logit comes from.
+
+    GradCAM weights channels by their mean gradient; HiResCAM multiplies gradients and activations
+    element-wise (faithful to the logit for conv heads); EigenCAM is the first principal component of the
+    activations, class-agnostic and gradient-free, a sanity check on the other two.
+    grad-cam resizes each map to the width and height of the tensor it is given, so handing it the original
+    images (not the classifier's resized copy) yields maps at the stored image size.
+    """
+    from pytorch_grad_cam import EigenCAM, GradCAM, HiResCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cams = {"gradcam": GradCAM, "hirescam": HiResCAM, "eigencam": EigenCAM}
+    unknown = [m for m in methods if m not in cams]
+    if unknown:
+        raise KeyError(f"unknown CAM method(s) {unknown}; choose from {sorted(cams)}")
+    layers, reshape = cam_target(arch, model)
+    x = _as_input(images)
+    targets = [ClassifierOutputTarget(int(target_class))] * len(x)
+    maps = {}
+    with _explaining(model):
+        for method in methods:
+            cam = cams[method](model=model, target_layers=layers, reshape_transform=reshape)
+            try:  # not ``with cam``: its __exit__ swallows IndexError and would hide a wrong target layer
+                out = cam(input_tensor=x, targets=targets)
+            finally:
+                cam.activations_and_grads.release()  # remove the hooks, or every later forward pays for them
+            maps[method] = np.clip(np.nan_to_num(out.astype(np.float32)), 0.0, 1.0)
+    return maps
+
+
+def input_gradients(model: nn.Module, images, labels) -> np.ndarray:
+    """|d cross-entropy / d input| as float32 (N, H, W), the plainest saliency map, at the input's size.
+
+    The loss is summed over the batch, not averaged, so one image's map does not depend on how many others
+    share its batch. Channels (if any) are reduced by their maximum.
+    """
+    x = _as_input(images)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    with _explaining(model):
+        loss = F.cross_entropy(model(x), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad.abs().amax(dim=1).float().numpy()
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# first-layer filters
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    """The first ``nn.Conv2d`` in the backbone (ViT: its patch embedding), found without per-arch code."""
+    for module in model.backbone.modules():
+        if isinstance(module, nn.Conv2d):
+            return module
+    raise ValueError(f"{type(model.backbone).__name__} has no Conv2d")
+
+
+def first_layer_kernels(model: nn.Module, arch: str | None = None) -> np.ndarray:
+    """The first convolution's kernels tiled in a square grid: (H, W, 3) for RGB kernels, else (H, W).
+
+    Each kernel is min-max scaled on its own (over all its channels, keeping their colour balance), because
+    kernels differ in scale by orders of magnitude and one shared scale would leave most of them flat grey.
+    Tiles are separated by a 1-px white gap. ``arch`` is accepted for symmetry with the other functions;
+    the layer is found generically.
+    """
+    w = first_conv(model).weight.detach().float().cpu()  # (out, in, kh, kw)
+    if w.shape[1] != 3:
+        w = w.mean(dim=1, keepdim=True)  # gray (or grouped) input: one plane per kernel
+    lo = w.amin(dim=(1, 2, 3), keepdim=True)
+    hi = w.amax(dim=(1, 2, 3), keepdim=True)
+    w = ((w - lo) / (hi - lo).clamp_min(1e-12)).permute(0, 2, 3, 1).numpy()  # (out, kh, kw, c)
+    n, kh, kw, c = w.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.ones((rows * (kh + 1) - 1, cols * (kw + 1) - 1, c), dtype=np.float32)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[r * (kh + 1):r * (kh + 1) + kh, q * (kw + 1):q * (kw + 1) + kw] = w[i]
+    return grid if c == 3 else grid[..., 0]
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# which slices to show
+
+
+def pick_examples(probs, labels, per_kind: int, seed: int, threshold: float = 0.5) -> dict[str, np.ndarray]:
+    """Seeded, sorted choices of up to ``per_kind`` indices for each of TP, TN, FP, FN (binary problems).
+
+    ``probs`` is P(positive) per example (an (n, 2) softmax output is accepted too). Random rather than
+    most-confident picks, so the figures show typical cases, not only the extremes.
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(int)
+    if probs.ndim == 2:
+        probs = probs[:, 1]
+    predicted = probs >= threshold
+    masks = {"TP": predicted & (labels == 1), "TN": ~predicted & (labels == 0),
+             "FP": predicted & (labels == 0), "FN": ~predicted & (labels == 1)}
+    rng = np.random.default_rng(seed)
+    picks = {}
+    for kind in KINDS:
+        candidates = np.flatnonzero(masks[kind])
+        chosen = rng.choice(candidates, size=min(per_kind, len(candidates)), replace=False)
+        picks[kind] = np.sort(chosen).astype(np.int64)
+    return picks
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# figures
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    """PNG through a temporary file; ``format`` is explicit because the temporary name has no suffix."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=fig.dpi)
+
+
+def _figure(width: float, height: float):
+    """A pyplot-free Agg figure: nothing global to switch or close, freed when it goes out of scope."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_cam_grid(path: str | os.PathLike, images, maps: dict[str, np.ndarray], titles) -> None:
+    """One row per example: the image, then each method's map over it (jet, alpha 0.4); row titles e.g. "TP p=0.93"."""
+    images = np.asarray(images, dtype=np.float32)
+    images = images.reshape(-1, *images.shape[-2:])  # (N, 1, H, W) or (N, H, W) -> (N, H, W)
+    methods = list(maps)
+    cols = 1 + len(methods)
+    fig = _figure(1.8 * cols, 1.9 * len(images))
+    axes = fig.subplots(len(images), cols, squeeze=False)
+    for i, image in enumerate(images):
+        axes[i, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].set_title(titles[i], fontsize=8)
+        for j, method in enumerate(methods, start=1):
+            axes[i, j].imshow(image, cmap="gray", vmin=0, vmax=1)
+            axes[i, j].imshow(maps[method][i], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+            if i == 0:
+                axes[i, j].set_title(method, fontsize=8)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def save_image_grid(path: str | os.PathLike, image: np.ndarray, title: str) -> None:
+    """One image (e.g. ``first_layer_kernels``' tiling) with a title, nearest-neighbour so kernels stay crisp."""
+    image = np.asarray(image, dtype=np.float32)
+    aspect = image.shape[1] / image.shape[0]
+    fig = _figure(5 * min(aspect, 2), 5 / max(aspect, 0.5) + 0.4)
+    ax = fig.add_subplot()
+    ax.imshow(image, cmap=None if image.ndim == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+    fig.tight_layout()
+    _save(fig, path)
