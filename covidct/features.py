@@ -165,10 +165,18 @@ def _write(writer: pq.ParquetWriter, schema: pa.Schema, buffered: list) -> None:
     writer.write_table(table)
 
 
+def _metadata(schema: pa.Schema) -> dict:
+    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """One split file's schema metadata (backbone, label names, ...), without reading its rows."""
+    return _metadata(pq.read_schema(path))
+
+
 def read_features(path: str | os.PathLike):
     """(DataFrame without features, float32 array (n, dim), schema metadata dict) from one split file."""
     table = pq.read_table(path)
     dim = table.schema.field("features").type.list_size
     flat = table.column("features").combine_chunks().values.to_numpy(zero_copy_only=False)
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    return table.drop(["features"]).to_pandas(), flat.reshape(-1, dim).astype(np.float32, copy=False), meta
+    return table.drop(["features"]).to_pandas(), flat.reshape(-1, dim).astype(np.float32, copy=False), _metadata(table.schema)

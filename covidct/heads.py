@@ -57,19 +57,21 @@ class EpochRow:
     val_accuracy: float  # percent
     val_rates: tuple  # tp, tn, fp, fn as percent of the validation set
 
-    def table_row(self) -> str:
+    @property
+    def clock(self) -> str:
         h, rem = divmod(int(round(self.seconds)), 3600)
         m, s = divmod(rem, 60)
+        return f"{h:02d}:{m:02d}:{s:02d}"
+
+    def table_row(self) -> str:
         rates = ", ".join(f"{v:04.1f}%" for v in self.val_rates)
         lr = f"{self.learning_rate:.1e}" if np.isfinite(self.learning_rate) else "-"  # logreg has none
-        return (f"{h:02d}:{m:02d}:{s:02d} | {self.epoch:02d}/{self.epochs:02d} | {lr} | "
+        return (f"{self.clock} | {self.epoch:02d}/{self.epochs:02d} | {lr} | "
                 f"{self.loss:.4f} | {self.val_accuracy:.2f}% | {rates} |")
 
     def csv_fields(self) -> dict:
-        h, rem = divmod(int(round(self.seconds)), 3600)
-        m, s = divmod(rem, 60)
         tp, tn, fp, fn = self.val_rates
-        return {"time": f"{h:02d}:{m:02d}:{s:02d}", "epoch": self.epoch, "learning_rate": self.learning_rate,
+        return {"time": self.clock, "epoch": self.epoch, "learning_rate": self.learning_rate,
                 "loss": round(self.loss, 6), "val_accuracy": round(self.val_accuracy, 4),
                 "val_tp": round(tp, 4), "val_tn": round(tn, 4), "val_fp": round(fp, 4), "val_fn": round(fn, 4)}
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from covidct import cli, heads, metrics, params
 from covidct.atomic import atomic_write_json
-from covidct.features import read_features
+from covidct.features import read_features, read_metadata
 
 
 def predictions(backbone: str, split: str, model, positive: int):
@@ -25,8 +25,7 @@ def main(backbone: str, head: str) -> None:
     p = params.load()["evaluate"]
     name = f"{backbone}-{head}"
     model = heads.load_head(f"models/{name}")
-    _, _, meta = read_features(f"data/features/{backbone}/val.parquet")
-    label_names = json.loads(meta["label_names"])
+    label_names = json.loads(read_metadata(f"data/features/{backbone}/val.parquet")["label_names"])
     positive = label_names.index("COVID-19")
     val, test = (predictions(backbone, split, model, positive) for split in ("val", "test"))
     result = metrics.evaluate(val, test, p["bootstrap"], p["seed"], p["calibration_bins"])

@@ -1,6 +1,7 @@
 """report stage: every model's metrics -> metrics/summary.md (a table, best first) + metrics/summary.json."""
 
 import json
+from pathlib import Path
 
 from covidct import cli, params, report
 from covidct.atomic import atomic_write_json, atomic_write_text
@@ -9,7 +10,7 @@ from covidct.atomic import atomic_write_json, atomic_write_text
 def main() -> None:
     p = params.load()
     names = [f"{b}-{h}" for b in p["backbones"] for h in p["heads"]]
-    results = {name: json.loads(open(f"metrics/{name}.json").read()) for name in names}
+    results = {name: json.loads(Path(f"metrics/{name}.json").read_text()) for name in names}
     text = report.summary_markdown(results, p["evaluate"]["bootstrap"])
     atomic_write_text("metrics/summary.md", text)
     atomic_write_json("metrics/summary.json", report.summary_metrics(results))
