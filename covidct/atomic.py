@@ -14,6 +14,14 @@ import tempfile
 from pathlib import Path
 
 
+def _umask_mode(base: int) -> int:
+    """The mode a plain ``open``/``mkdir`` would give: temporaries are created private (0600/0700), and an
+    output must not stay that way on a shared machine."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike):
     """Yields a temporary path in the target's folder; renames it onto ``target`` on success."""
@@ -24,6 +32,7 @@ def atomic_path(target: str | os.PathLike):
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, _umask_mode(0o666))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -37,6 +46,7 @@ def atomic_dir(target: str | os.PathLike):
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}.", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, _umask_mode(0o777))
         if target.exists():
             old = target.with_name(f".old-{target.name}.{os.getpid()}")
             os.replace(target, old)

@@ -203,13 +203,13 @@ def pick_examples(probs, labels, per_kind: int, seed: int, threshold: float = 0.
 # figures
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike) -> None:
     """PNG through a temporary file; ``format`` is explicit because the temporary name has no suffix."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=fig.dpi)
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     """A pyplot-free Agg figure: nothing global to switch or close, freed when it goes out of scope."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -225,7 +225,7 @@ def save_cam_grid(path: str | os.PathLike, images, maps: dict[str, np.ndarray], 
     images = images.reshape(-1, *images.shape[-2:])  # (N, 1, H, W) or (N, H, W) -> (N, H, W)
     methods = list(maps)
     cols = 1 + len(methods)
-    fig = _figure(1.8 * cols, 1.9 * len(images))
+    fig = new_figure(1.8 * cols, 1.9 * len(images))
     axes = fig.subplots(len(images), cols, squeeze=False)
     for i, image in enumerate(images):
         axes[i, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
@@ -238,17 +238,64 @@ def save_cam_grid(path: str | os.PathLike, images, maps: dict[str, np.ndarray], 
     for ax in axes.flat:
         ax.set_axis_off()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_image_grid(path: str | os.PathLike, image: np.ndarray, title: str) -> None:
     """One image (e.g. ``first_layer_kernels``' tiling) with a title, nearest-neighbour so kernels stay crisp."""
     image = np.asarray(image, dtype=np.float32)
     aspect = image.shape[1] / image.shape[0]
-    fig = _figure(5 * min(aspect, 2), 5 / max(aspect, 0.5) + 0.4)
+    fig = new_figure(5 * min(aspect, 2), 5 / max(aspect, 0.5) + 0.4)
     ax = fig.add_subplot()
     ax.imshow(image, cmap=None if image.ndim == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# one model, end to end: what the explain stage writes
+
+
+def _unit_scale(maps: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+    """Each map divided by its own high percentile and clipped to [0, 1]: one hot pixel does not wash out the rest."""
+    top = np.percentile(maps.reshape(len(maps), -1), percentile, axis=1).reshape(-1, 1, 1)
+    return np.clip(maps / np.maximum(top, 1e-12), 0.0, 1.0).astype(np.float32)
+
+
+def explain_model(model: nn.Module, arch: str, store, out_dir, label_names, title: str, per_kind: int = 2,
+                  seed: int = 0, methods=CAM_METHODS, device: torch.device | None = None) -> dict:
+    """Test-set CAMs, input gradients and first-layer kernels of one model -> PNGs + examples.json in ``out_dir``.
+
+    ``model`` is any ``finetune.Classifier`` (a fine-tuned network or a frozen backbone + head composed by
+    ``models.load_model``). Examples: ``per_kind`` seeded picks each of TP, TN, FP and FN on the test split,
+    COVID-19 as the positive class; every map is for the COVID-19 logit.
+    """
+    from pathlib import Path
+
+    from covidct.atomic import atomic_write_json
+    from covidct.finetune import predict_split
+
+    device = device or torch.device("cpu")
+    out_dir = Path(out_dir)
+    positive = list(label_names).index("COVID-19")
+    rows = store.rows("test")
+    probs = predict_split(model, store, "test", device)[:, positive]
+    model.cpu()
+    labels = (rows["label"].to_numpy() == positive).astype(int)
+    picks = pick_examples(probs, labels, per_kind, seed)
+    order = np.concatenate([picks[kind] for kind in KINDS]).astype(np.int64)
+    kinds = [kind for kind in KINDS for _ in picks[kind]]
+    images = store.read(rows.iloc[order]).astype(np.float32)[:, None] / 255.0
+    maps = class_activation_maps(model, arch, images, positive, methods)
+    maps["input gradient"] = _unit_scale(input_gradients(model, images, labels[order]))
+    titles = [f"{kind} p={probs[i]:.2f}" for kind, i in zip(kinds, order)]
+    save_cam_grid(out_dir / "cams.png", images, maps, titles)
+    kernels = first_layer_kernels(model)
+    layer = "patch embedding" if arch.startswith("vit") else "first conv layer"
+    save_image_grid(out_dir / "kernels.png", kernels, f"{title}: {layer}, {len(first_conv(model).weight)} filters")
+    examples = {kind: [{"fname": rows["fname"].iat[i], "prob": round(float(probs[i]), 6)} for i in picks[kind]]
+                for kind in KINDS}
+    atomic_write_json(out_dir / "examples.json", examples)
+    return examples

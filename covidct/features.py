@@ -96,7 +96,7 @@ def extract(store_dir: str | os.PathLike, out_dir: str | os.PathLike, backbone: 
         model = model.to(memory_format=torch.channels_last)
 
     metadata = {
-        "backbone": backbone, "weights": weights, "image_size": image_size, "feature_dim": spec.feature_dim,
+        "backbone": backbone, "weights": weights, "image_size": image_size, "seed": seed, "feature_dim": spec.feature_dim,
         "crop_size": store.size, "normalization": {"mean": spec.mean, "std": spec.std},
         "label_names": store.meta["label_names"], "balance": store.meta["balance"],
         "class_weights": store.meta["class_weights"], "versions": library_versions(),

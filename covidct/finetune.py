@@ -56,6 +56,11 @@ def build_classifier(arch: str, init: str, n_classes: int, image_size: int) -> C
         raise ValueError(f"init={init!r} for {arch}; choose one of {INITS}")
     spec = get_spec(arch)
     backbone = spec.build(init == "imagenet", image_size)  # the registry's loader: same weights as extract
+    for module in backbone.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            # TF ports (EfficientNet-Lite) carry TF's 0.99 decay, i.e. momentum 0.01: over a few hundred steps the
+            # running statistics stay ImageNet's while the weights adapt to CT, and eval mode predicts one class.
+            module.momentum = 0.1
     return Classifier(backbone, nn.Linear(spec.feature_dim, n_classes), image_size, spec.mean, spec.std)
 
 
@@ -201,6 +206,26 @@ def train(model: Classifier, store: CropStore, params: dict, device: torch.devic
                 break
     model.load_state_dict(best[2])
     return {"best_epoch": best[1], "logs": logs, "stopped_epoch": logs[-1].epoch}
+
+
+def predict_split(model: nn.Module, store: CropStore, split: str, device: torch.device,
+                  batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities (n, classes) for one split of the store, in store order, without augmentation."""
+    dataset = SliceDataset(store, split, getattr(model, "image_size", store.size))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, pin_memory=device.type == "cuda")
+    return predict(model.to(device), loader, device)[0]
+
+
+RUN_KEYS = ("arch", "init", "image_size")
+
+
+def recipe(finetune_params: dict, run: str) -> dict:
+    """One run's settings: ``finetune.train`` overlaid with the run's own keys (arch, init, image_size, and any
+    recipe key it overrides, e.g. a lower ``lr`` for an ImageNet arm)."""
+    runs = finetune_params["runs"]
+    if run not in runs:
+        raise KeyError(f"no finetune.runs.{run} in params.yaml; configured: {sorted(runs)}")
+    return {**finetune_params["train"], **runs[run]}
 
 
 def save(model: Classifier, path: str | os.PathLike, config: dict) -> None:

@@ -97,6 +97,19 @@ class Standardizer:
         return (x - self.mean) / self.scale
 
 
+class Standardized(nn.Module):
+    """(x - mean) / scale, then ``net``: a head as one torch module, standardisation included."""
+
+    def __init__(self, mean: torch.Tensor, scale: torch.Tensor, net: nn.Module):
+        super().__init__()
+        self.register_buffer("mean", mean.float().clone())
+        self.register_buffer("scale", scale.float().clone())
+        self.net = net
+
+    def forward(self, x):
+        return self.net((x - self.mean) / self.scale)
+
+
 @register("logreg")
 class LogRegHead:
     def __init__(self, params: dict, class_weights=None):
@@ -130,6 +143,16 @@ class LogRegHead:
         e = np.exp(z)
         return e / e.sum(1, keepdims=True)
 
+    def torch_module(self) -> nn.Module:
+        """The fitted model as features -> logits, for composing with its backbone (CAMs need gradients)."""
+        coef, intercept = torch.from_numpy(self.coef).float(), torch.from_numpy(self.intercept).float()
+        if self.n_classes == 2:  # softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]: scikit-learn's binary model
+            coef, intercept = torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros(1), intercept])
+        linear = nn.Linear(coef.shape[1], coef.shape[0])
+        linear.weight.data.copy_(coef)
+        linear.bias.data.copy_(intercept)
+        return Standardized(torch.from_numpy(self.scaler.mean), torch.from_numpy(self.scaler.scale), linear)
+
     def state(self) -> dict:
         return {"mean": self.scaler.mean, "scale": self.scaler.scale, "coef": self.coef, "intercept": self.intercept}
 
@@ -143,16 +166,11 @@ class LogRegHead:
         _save(self, path, {"n_classes": self.n_classes})
 
 
-class MLP(nn.Module):
+class MLP(Standardized):
     def __init__(self, in_features: int, hidden: int, n_classes: int, dropout: float):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(in_features))
-        self.register_buffer("scale", torch.ones(in_features))
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, n_classes))
-
-    def forward(self, x):
-        return self.net((x - self.mean) / self.scale)
+        super().__init__(torch.zeros(in_features), torch.ones(in_features),
+                         nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                       nn.Linear(hidden, n_classes)))
 
 
 @register("mlp")
@@ -207,6 +225,9 @@ class MLPHead:
         self.model.eval()
         logits = self.model(torch.tensor(np.asarray(x), dtype=torch.float32))
         return torch.softmax(logits.double(), 1).numpy()
+
+    def torch_module(self) -> nn.Module:
+        return self.model.eval()
 
     def state(self) -> dict:
         return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}

@@ -170,3 +170,33 @@ def evaluate(val: pd.DataFrame, test: pd.DataFrame, n_resamples=1000, seed=0, n_
                              n_bins),
         "threshold": round(threshold, 6),
     }
+
+
+def evaluate_and_log(val: pd.DataFrame, test: pd.DataFrame, params: dict, metrics_path, live_dir,
+                     extra: dict | None = None) -> dict:
+    """``evaluate`` -> ``metrics_path`` (JSON, plus ``extra`` keys), and the test ROC / PR / calibration /
+    confusion data through dvclive into ``live_dir``: what every evaluate stage writes, heads or fine-tuned.
+
+    ``val`` and ``test`` hold one row per slice: ``patient``, ``label`` (1 = COVID-19) and ``prob``.
+    """
+    from dvclive import Live
+
+    from covidct.atomic import atomic_write_json
+
+    result = evaluate(val, test, params["bootstrap"], params["seed"], params["calibration_bins"])
+    atomic_write_json(metrics_path, {**result, **(extra or {})})
+    names = np.array(["not COVID-19", "COVID-19"])
+    y, p = test["label"].to_numpy(), test["prob"].to_numpy()
+    with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        live.log_sklearn_plot("roc", y, p, name="roc/test.json")
+        live.log_sklearn_plot("precision_recall", y, p, name="precision_recall/test.json")
+        live.log_sklearn_plot("calibration", y, p, name="calibration/test.json", n_bins=params["calibration_bins"])
+        live.log_sklearn_plot("confusion_matrix", names[y], names[(p >= 0.5).astype(int)], name="confusion/test.json")
+    return result
+
+
+def headline(name: str, result: dict) -> str:
+    t = result["test"]
+    return (f"evaluate {name}: test accuracy {t['accuracy']['value']:.3f} "
+            f"[{t['accuracy']['ci_low']:.3f}, {t['accuracy']['ci_high']:.3f}], ROC AUC {t['roc_auc']['value']:.3f}, "
+            f"val-chosen threshold {result['threshold']:.3f}")

@@ -9,6 +9,8 @@ import yaml
 
 from covidct.backbones import REGISTRY, WEIGHTS
 from covidct.crop import BALANCES, CLASS_MAPS
+from covidct.explain import CAM_METHODS
+from covidct.finetune import INITS
 from covidct.heads import HEADS
 
 SOURCES = ("sample", "local", "kaggle")
@@ -81,6 +83,39 @@ def validate(params: dict) -> list[str]:
         check(0 < mlp.get("base_lr", 0) <= mlp.get("max_lr", 0),
               f"heads.mlp: need 0 < base_lr <= max_lr, got {mlp.get('base_lr')!r}, {mlp.get('max_lr')!r}")
         check(0 <= mlp.get("dropout", -1) < 1, f"heads.mlp.dropout={mlp.get('dropout')!r}: must be in [0, 1)")
+    problems += _validate_finetune(params.get("finetune"))
+    explain = params.get("explain", {})
+    methods = explain.get("methods")
+    check(isinstance(methods, list) and methods and set(methods) <= set(CAM_METHODS),
+          f"explain.methods={methods!r}: a non-empty list from {list(CAM_METHODS)}")
+    check(_positive_int(explain.get("per_kind")), f"explain.per_kind={explain.get('per_kind')!r}: must be a positive integer")
     evaluate = params.get("evaluate", {})
     check(_positive_int(evaluate.get("bootstrap")), f"evaluate.bootstrap={evaluate.get('bootstrap')!r}: must be a positive integer")
+    return problems
+
+
+def _validate_finetune(finetune: dict | None) -> list[str]:
+    if not isinstance(finetune, dict) or not isinstance(finetune.get("runs"), dict) or not finetune["runs"]:
+        return ["finetune.runs: list at least one run, e.g. resnet18-scratch: {arch: resnet18, init: scratch, image_size: 96}"]
+    problems = []
+    train = finetune.get("train", {})
+    for key in ("epochs", "batch_size", "warmup_epochs", "patience"):
+        if not _positive_int(train.get(key)):
+            problems.append(f"finetune.train.{key}={train.get(key)!r}: must be a positive integer")
+    for name, run in finetune["runs"].items():
+        arch, init, size = run.get("arch"), run.get("init"), run.get("image_size")
+        if arch not in REGISTRY:
+            problems.append(f"finetune.runs.{name}.arch={arch!r}: choose from {sorted(REGISTRY)}")
+            continue
+        if init not in INITS:
+            problems.append(f"finetune.runs.{name}.init={init!r}: choose one of {list(INITS)}")
+        if name != f"{arch}-{init}":
+            problems.append(f"finetune.runs.{name}: name the run {arch}-{init} (<arch>-<init>), as outputs are")
+        spec = REGISTRY[arch]
+        if not (_positive_int(size) and size >= spec.min_size and size % spec.size_multiple == 0):
+            problems.append(f"finetune.runs.{name}.image_size={size!r}: a positive integer >= {spec.min_size}"
+                            + (f", a multiple of {spec.size_multiple}" if spec.size_multiple > 1 else ""))
+        lr = run.get("lr", train.get("lr"))
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            problems.append(f"finetune.runs.{name}: lr={lr!r} must be a positive number")
     return problems

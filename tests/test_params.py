@@ -19,24 +19,33 @@ def test_committed_params_are_valid_and_offline():
     assert {name for name, b in p["backbones"].items() if b["weights"] == "imagenet"} == {"efficientnet_lite0"}
 
 
-def test_the_readme_full_study_command_sets_valid_params():
+def test_the_readme_full_study_command_sets_valid_params(tmp_path):
+    """Applies the README's -S overrides with DVC's own parser (Hydra grammar), as `dvc exp run` would."""
+    import shlex
+
+    from dvc.utils.hydra import apply_overrides
+
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- full-study-command -->(.*?)<!-- /full-study-command -->", readme, re.S).group(1)
-    overrides = re.findall(r"-S ([\w.]+)=(\S+)", block)
-    assert overrides
-    p = committed()
-    for dotted, value in overrides:
-        *parents, last = dotted.split(".")
-        node = p
-        for key in parents:
-            node = node[key]
-        assert last in node, f"README sets {dotted}, which params.yaml does not have"
-        node[last] = yaml.safe_load(value)
+    block = re.search(r"<!-- full-study-command -->.*?```bash\n(.*?)```", readme, re.S).group(1)
+    words = shlex.split(block.replace("\\\n", " "))
+    overrides = [words[i + 1] for i, word in enumerate(words) if word == "-S"]
+    assert len(overrides) > 10
+    for override in overrides:
+        if not override.startswith("+"):  # plain overrides must name existing keys: a typo would add a dead param
+            node = committed()
+            for key in override.split("=")[0].split("."):
+                assert key in node, f"README sets {override}, which params.yaml does not have"
+                node = node[key]
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(str(tmp_path / "params.yaml"), overrides)
+    p = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert params.validate(p) == []
     assert p["data"]["source"] == "kaggle"
     for name, b in p["backbones"].items():
         assert b["weights"] == "imagenet"
         assert b["image_size"] == {"vit_b16": 384}.get(name, 224)
+    runs = {(r["arch"], r["init"]) for r in p["finetune"]["runs"].values()}
+    assert runs >= {(arch, init) for arch in ("resnet18", "resnet50") for init in ("scratch", "imagenet")}
 
 
 @pytest.mark.parametrize(
@@ -51,6 +60,12 @@ def test_the_readme_full_study_command_sets_valid_params():
         ("heads.mlp.max_lr", 1e-6, "heads.mlp: need 0 < base_lr <= max_lr, got 5e-05, 1e-06"),
         ("heads.mlp.dropout", 1.0, "heads.mlp.dropout=1.0: must be in [0, 1)"),
         ("evaluate.bootstrap", -1, "evaluate.bootstrap=-1: must be a positive integer"),
+        ("finetune.runs.resnet18-scratch.init", "random", "finetune.runs.resnet18-scratch.init='random': choose one of"),
+        ("finetune.runs.resnet18-scratch.arch", "alexnet", "finetune.runs.resnet18-scratch.arch='alexnet': choose from"),
+        ("finetune.runs.resnet18-scratch.image_size", 8, "finetune.runs.resnet18-scratch.image_size=8: a positive integer >= 32"),
+        ("finetune.runs.efficientnet_lite0-imagenet.lr", -1.0, "finetune.runs.efficientnet_lite0-imagenet: lr=-1.0 must be"),
+        ("finetune.train.patience", 0, "finetune.train.patience=0: must be a positive integer"),
+        ("explain.methods", ["gradcam", "scorecam"], "explain.methods=['gradcam', 'scorecam']: a non-empty list from"),
     ],
 )
 def test_invalid_params_are_named_with_their_choices(tmp_path, dotted, value, message):
@@ -71,6 +86,14 @@ def test_unknown_backbone_lists_the_registry(tmp_path):
     p["backbones"]["alexnet"] = {"weights": "none", "image_size": 64}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     with pytest.raises(params.ParamsError, match=r"backbones.alexnet: unknown backbone; choose from \['efficientnet_lite0'"):
+        params.load(tmp_path / "params.yaml")
+
+
+def test_a_finetune_run_is_named_after_its_arch_and_init(tmp_path):
+    p = committed()
+    p["finetune"]["runs"]["r18"] = {"arch": "resnet18", "init": "scratch", "image_size": 64}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    with pytest.raises(params.ParamsError, match=r"finetune.runs.r18: name the run resnet18-scratch"):
         params.load(tmp_path / "params.yaml")
 
 
