@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 
-from covidct import cli, heads, params
+from covidct import cli, heads, models, params
 from covidct.atomic import atomic_dir, atomic_path
 from covidct.features import read_features
 
@@ -46,6 +46,7 @@ def main(backbone: str, head: str) -> None:
         pd.DataFrame([r.csv_fields() for r in result["rows"]]).to_csv(tmp, index=False)
     with atomic_dir(f"models/{name}") as tmp:
         model.save(tmp)
+        models.save_backbone_config(tmp, meta)  # so explain and predict can rebuild backbone + head as one module
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ def shrink(params: dict) -> dict:
         cfg["image_size"] = 32
     params["heads"]["mlp"].update(hidden=16, epochs=2)
     params["evaluate"]["bootstrap"] = 50
+    for run in params["finetune"]["runs"].values():
+        run["image_size"] = 32
+    params["finetune"]["train"].update(epochs=2, batch_size=8)
+    params["explain"]["per_kind"] = 1
     return params
 
 
@@ -65,25 +69,36 @@ def repro(work: Path) -> set[str]:
 
 
 def stages_of(params: dict, backbones=None, heads=None) -> set[str]:
-    """Names of the extract/train/evaluate stages for these backbones and heads (all by default)."""
+    """Names of the extract/train/evaluate/explain stages for these backbones and heads (all by default)."""
     backbones = list(params["backbones"]) if backbones is None else backbones
     heads = list(params["heads"]) if heads is None else heads
     models = {f"{b}-{h}" for b in backbones for h in heads}
     return ({f"extract@{b}" for b in backbones} if heads == list(params["heads"]) else set()) | {
-        f"{stage}@{m}" for stage in ("train", "evaluate") for m in models}
+        f"{stage}@{m}" for stage in ("train", "evaluate", "explain") for m in models}
+
+
+def finetune_stages(params: dict) -> set[str]:
+    return {f"{stage}@{run}" for stage in ("finetune", "evaluate_finetune", "explain_finetune")
+            for run in params["finetune"]["runs"]}
 
 
 @pytest.mark.slow
 def test_each_change_reruns_exactly_what_depends_on_it(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    everything = {"download", "crop", "report"} | stages_of(params)
+    everything = {"download", "crop", "report"} | stages_of(params) | finetune_stages(params)
     assert repro(project) == everything
     for backbone in params["backbones"]:
         assert sorted(p.name for p in (project / "data/features" / backbone).iterdir()) == [
             "test.parquet", "train.parquet", "val.parquet"]
     for model in (f"{b}-{h}" for b in params["backbones"] for h in params["heads"]):
         assert (project / f"metrics/{model}.json").is_file() and (project / f"plots/{model}/epochs.csv").is_file()
-    assert "| Model |" in (project / "metrics/summary.md").read_text()
+    for run in params["finetune"]["runs"]:
+        assert (project / f"metrics/finetune/{run}.json").is_file()
+        assert sorted(p.name for p in (project / f"plots/explain/finetune-{run}").iterdir()) == [
+            "cams.png", "examples.json", "kernels.png"]
+    assert (project / "plots/explain/vit_b16-mlp/cams.png").is_file()
+    summary = (project / "metrics/summary.md").read_text()
+    assert "| Model |" in summary and "| finetune-resnet18-scratch |" in summary
 
     assert repro(project) == set(), "nothing changed, nothing may rerun"
 
@@ -93,8 +108,11 @@ def test_each_change_reruns_exactly_what_depends_on_it(project):
     set_param(project, "backbones.resnet18.image_size", 48)
     assert repro(project) == {"report"} | stages_of(params, backbones=["resnet18"])
 
-    set_param(project, "crop.image_size", 36)
-    assert repro(project) == everything - {"download"}
+    set_param(project, "finetune.train.weight_decay", 0.01)
+    assert repro(project) == {"report"} | finetune_stages(params), "fine-tuning never reruns the heads"
+
+    set_param(project, "explain.seed", 1)
+    assert repro(project) == {s for s in everything if s.startswith("explain")}, "a figure change reruns figures only"
 
     assert repro(project) == set()
 
@@ -120,19 +138,23 @@ def test_every_plot_renders_in_dvc_plots_show(project):
 
 
 def test_dvc_yaml_lists_every_model():
-    """report's deps and the overlaid plots are spelled out in dvc.yaml: they must cover params.yaml's grid."""
+    """report's deps and the overlaid plots are spelled out in dvc.yaml: they must cover params.yaml's models."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     models = [f"{b}-{h}" for b in params["backbones"] for h in params["heads"]]
+    runs = list(params["finetune"]["runs"])
     assert sorted(dvc_yaml["stages"]["report"]["deps"]) == sorted(
-        ["stages/report.py", "covidct/report.py"] + [f"metrics/{m}.json" for m in models])
+        ["stages/report.py", "covidct/report.py", "metrics/finetune"] + [f"metrics/{m}.json" for m in models])
     plots = {next(iter(entry)): next(iter(entry.values())) for entry in dvc_yaml["plots"]}
     for title, spec in plots.items():
         files = " ".join(spec["y"])
         if title.startswith(("ROC", "Precision-recall", "Calibration")):
             assert all(f"dvclive/{m}/evaluate/" in files for m in models), title
-    for m in models:
+            assert all(f"dvclive/finetune/{run}/evaluate/" in files for run in runs), title
+    for m in models + [f"finetune-{run}" for run in runs]:
         assert f"Confusion matrix {m} (test)" in plots
+    for run in runs:
+        assert any(title.startswith("Fine-tuning loss") and f"finetune-{run}" in title for title in plots), run
 
 
 def test_no_param_is_named_like_dvc_file_metadata():
