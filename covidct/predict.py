@@ -1,0 +1,131 @@
+"""Score CT slices with a trained model: ``python -m covidct.predict IMAGE... --model <name>``.
+
+Prints the COVID-19 probability of each image and writes ``<image>.cam.png`` beside it: the slice with the
+model's GradCAM for the COVID-19 logit laid over it. Any PNG or JPEG works: RGB(A), palette and 16-bit images
+are turned into the 8-bit grayscale the models were trained on. Models are trained on slices cropped to the
+body's bounding box (the split files' xmin ymin xmax ymax); pass ``--bbox`` to crop the same way.
+
+    python -m covidct.predict slice.png --model finetune-resnet18-scratch
+    python -m covidct.predict a.png b.jpg --model vgg16-mlp --bbox 10 40 500 470
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from covidct import explain, models
+from covidct.atomic import atomic_path
+
+
+class ImageError(ValueError):
+    """An input file is missing or is not an image we can read; the message names the file."""
+
+
+def read_grayscale(path: str | Path) -> np.ndarray:
+    """float32 (H, W) in [0, 1] from any image PIL decodes.
+
+    8-bit modes are divided by 255. 16- and 32-bit integer images are scaled by their own min and max, because
+    CT exports rarely use the full 16-bit range (12-bit data is common). Transparency is composited over black,
+    the background of a CT slice.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes); re-export or re-download it")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                pixels = np.asarray(image, dtype=np.float64)
+                lo, hi = float(pixels.min()), float(pixels.max())
+                return ((pixels - lo) / (hi - lo) if hi > lo else np.zeros_like(pixels)).astype(np.float32)
+            if image.mode == "P":
+                image = image.convert("RGBA")
+            if image.mode in ("RGBA", "LA", "PA"):
+                background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+                image = Image.alpha_composite(background, image.convert("RGBA"))
+            gray = image.convert("L")
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image format PIL recognises (expected PNG or JPEG)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot decode ({exc}); the file is probably truncated or corrupt") from None
+    return np.asarray(gray, dtype=np.float32) / 255.0
+
+
+def crop_to(image: np.ndarray, bbox, path) -> np.ndarray:
+    xmin, ymin, xmax, ymax = (int(v) for v in bbox)
+    h, w = image.shape
+    if not (0 <= xmin < xmax <= w and 0 <= ymin < ymax <= h):
+        raise ImageError(f"{path}: --bbox {xmin} {ymin} {xmax} {ymax} is not inside the {w}x{h} image")
+    return image[ymin:ymax, xmin:xmax]
+
+
+def save_overlay(path: str | Path, image: np.ndarray, cam: np.ndarray, title: str) -> None:
+    fig = explain.new_figure(4, 4.3)
+    ax = fig.add_subplot()
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+    fig.tight_layout()
+    explain.save_figure(fig, path)
+
+
+def predict_files(paths, model_name: str, models_root="models", bbox=None, max_side: int = 512) -> list[dict]:
+    """One dict per readable image: path, probability, overlay path; unreadable ones carry an ``error``."""
+    model, config = models.load_model(model_name, models_root)
+    positive = config["label_names"].index("COVID-19")
+    results = []
+    for path in paths:
+        try:
+            image = read_grayscale(path)
+            if bbox is not None:
+                image = crop_to(image, bbox, path)
+        except ImageError as exc:
+            results.append({"path": str(path), "error": str(exc)})
+            continue
+        x = torch.from_numpy(image)[None, None]
+        if max(image.shape) > max_side:  # CAMs need gradients: bound memory for huge inputs
+            scale = max_side / max(image.shape)
+            size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+            x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        with torch.no_grad():
+            prob = float(torch.softmax(model(x).double(), 1)[0, positive])
+        cam = explain.class_activation_maps(model, config["arch"], x, positive, methods=("gradcam",))["gradcam"][0]
+        overlay = Path(path).with_name(Path(path).stem + ".cam.png")
+        save_overlay(overlay, x[0, 0].numpy(), cam, f"{Path(path).name}: P(COVID-19) = {prob:.3f} ({model_name})")
+        results.append({"path": str(path), "prob": prob, "overlay": str(overlay)})
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m covidct.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("images", nargs="+", help="PNG or JPEG files")
+    parser.add_argument("--model", required=True, help="e.g. finetune-resnet18-scratch or vgg16-mlp (see models/)")
+    parser.add_argument("--models-dir", default="models", help="where dvc repro put the models (default: models)")
+    parser.add_argument("--bbox", nargs=4, type=int, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
+                        help="crop every image to this box first, as the split files do")
+    args = parser.parse_args(argv)
+    try:
+        results = predict_files(args.images, args.model, args.models_dir, args.bbox)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for r in results:
+        if "error" in r:
+            print(f"error: {r['error']}", file=sys.stderr)
+        else:
+            print(f"{r['path']}\tP(COVID-19)={r['prob']:.4f}\tCAM: {r['overlay']}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
