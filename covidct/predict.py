@@ -2,7 +2,7 @@
 
 Prints the COVID-19 probability of each image and writes ``<image>.cam.png`` beside it: the slice with the
 model's GradCAM for the COVID-19 logit laid over it. Any PNG or JPEG works: RGB(A), palette and 16-bit images
-are turned into the 8-bit grayscale the models were trained on. Models are trained on slices cropped to the
+are turned into 8-bit grayscale exactly as the crop stage turned the training slices. Models are trained on slices cropped to the
 body's bounding box (the split files' xmin ymin xmax ymax); pass ``--bbox`` to crop the same way.
 
     python -m covidct.predict slice.png --model finetune-resnet18-scratch
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from covidct import explain, models
-from covidct.atomic import atomic_path
+from covidct.crop import to_gray8
 
 
 class ImageError(ValueError):
@@ -27,12 +27,8 @@ class ImageError(ValueError):
 
 
 def read_grayscale(path: str | Path) -> np.ndarray:
-    """float32 (H, W) in [0, 1] from any image PIL decodes.
-
-    8-bit modes are divided by 255. 16- and 32-bit integer images are scaled by their own min and max, because
-    CT exports rarely use the full 16-bit range (12-bit data is common). Transparency is composited over black,
-    the background of a CT slice.
-    """
+    """float32 (H, W) in [0, 1] from any image PIL decodes, converted exactly as the crop stage converts
+    training slices (``crop.to_gray8``: 16-bit scaled by its full range, transparency over black)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -43,16 +39,7 @@ def read_grayscale(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-                pixels = np.asarray(image, dtype=np.float64)
-                lo, hi = float(pixels.min()), float(pixels.max())
-                return ((pixels - lo) / (hi - lo) if hi > lo else np.zeros_like(pixels)).astype(np.float32)
-            if image.mode == "P":
-                image = image.convert("RGBA")
-            if image.mode in ("RGBA", "LA", "PA"):
-                background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-                image = Image.alpha_composite(background, image.convert("RGBA"))
-            gray = image.convert("L")
+            gray = to_gray8(image)
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image format PIL recognises (expected PNG or JPEG)") from None
     except (OSError, SyntaxError, ValueError) as exc:
