@@ -34,3 +34,31 @@ def tiny_sample(tmp_path_factory):
         progress=False,
     )
     return out
+
+
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "covidct", ".dvc/config", ".dvcignore", ".gitignore"]
+
+
+def make_project(work: Path, edit_params) -> Path:
+    """A copy of the committed pipeline in ``work``, params changed by ``edit_params(dict)``, as a git repo."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    for name in PROJECT_FILES:
+        src, dst = ROOT / name, work / name
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    edit_params(params)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # A clone has commits; dvclive needs one (it reads HEAD before checking that a commit exists).
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=work, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "project"], cwd=work, check=True)
+    return work

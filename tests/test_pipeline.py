@@ -2,16 +2,15 @@
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import make_project
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "covidct", ".dvc/config", ".dvcignore", ".gitignore"]
 
 
 def shrink(params: dict) -> dict:
@@ -32,22 +31,7 @@ def shrink(params: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    work = tmp_path_factory.mktemp("project")
-    for name in PROJECT_FILES:
-        src, dst = ROOT / name, work / name
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dst)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    (work / "params.yaml").write_text(yaml.safe_dump(shrink(params), sort_keys=False))
-    # A clone has commits; dvclive needs one (it reads HEAD before checking that a commit exists).
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=work, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "project"], cwd=work, check=True)
-    return work
+    return make_project(tmp_path_factory.mktemp("project"), shrink)
 
 
 def set_param(work: Path, dotted: str, value) -> None:
@@ -94,7 +78,7 @@ def test_each_change_reruns_exactly_what_depends_on_it(project):
         assert (project / f"metrics/{model}.json").is_file() and (project / f"plots/{model}/epochs.csv").is_file()
     for run in params["finetune"]["runs"]:
         assert (project / f"metrics/finetune/{run}.json").is_file()
-        assert sorted(p.name for p in (project / f"plots/explain/finetune-{run}").iterdir()) == [
+        assert sorted(p.name for p in (project / f"plots/explain/finetune-{run}").glob("[!.]*")) == [
             "cams.png", "examples.json", "kernels.png"]
     assert (project / "plots/explain/vit_b16-mlp/cams.png").is_file()
     summary = (project / "metrics/summary.md").read_text()
