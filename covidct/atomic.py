@@ -1,12 +1,14 @@
 """Atomic outputs: write beside the target, then rename over it.
 
 A killed stage leaves either the old output or the new one, never half of one, and DVC never caches a
-partial file. Temporaries carry a ``.tmp-`` prefix so a crashed run's leftovers are easy to spot.
+partial file. Temporaries are named ``.tmp-<target>.<pid>.<random>``; the next write of the same target
+removes those whose process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -22,12 +24,39 @@ def _umask_mode(base: int) -> int:
     return base & ~umask
 
 
+def _prefix(target: Path) -> str:
+    return f".tmp-{target.name}.{os.getpid()}."
+
+
+def _remove_stale(target: Path) -> None:
+    """Deletes temporaries of ``target`` left by a killed process (its pid, in the name, is gone): a kill -9 in
+    the middle of a 20 GB crop store must not leave 20 GB behind for good."""
+    for stale in target.parent.glob(f".tmp-{glob.escape(target.name)}.*.*"):
+        pid = stale.name[len(f".tmp-{target.name}."):].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike):
     """Yields a temporary path in the target's folder; renames it onto ``target`` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}.", dir=target.parent)
+    _remove_stale(target)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(target), dir=target.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -43,7 +72,8 @@ def atomic_dir(target: str | os.PathLike):
     """Yields an empty temporary folder; it replaces ``target`` (and whatever was there) on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}.", dir=target.parent))
+    _remove_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), dir=target.parent))
     try:
         yield tmp
         os.chmod(tmp, _umask_mode(0o777))

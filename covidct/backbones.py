@@ -84,8 +84,28 @@ def _missing_weights(name: str, url: str, exc: Exception) -> WeightsUnavailable:
 
 
 def _load_with_hint(name: str, url: str, load):
+    """``load()``, with offline failures and refused files turned into a message that says what to do.
+
+    Every loader here reads with ``weights_only=True``: a checkpoint holding pickled code (tampered, or not a
+    weights file at all) is refused, never run.
+    """
+    import pickle
+
     try:
         return load()
+    except pickle.UnpicklingError as exc:
+        path = os.path.join(checkpoint_dir(), os.path.basename(urlparse(url).path))
+        raise WeightsUnavailable(
+            f"Refused to load {path}: it is not a plain tensor checkpoint (weights_only=True found "
+            f"{str(exc).splitlines()[0][:200]}). The file may be tampered with; delete it and rerun to download "
+            f"the official one from {url}."
+        ) from None
+    except (RuntimeError, EOFError) as exc:
+        path = os.path.join(checkpoint_dir(), os.path.basename(urlparse(url).path))
+        raise WeightsUnavailable(
+            f"Cannot read {path} ({type(exc).__name__}: {str(exc)[:200]}): probably a partial download. "
+            f"Delete it and rerun to download it again from {url}."
+        ) from None
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
         raise _missing_weights(name, url, exc) from exc
 
@@ -125,9 +145,26 @@ def _vit_b16(pretrained: bool, image_size: int) -> nn.Module:
     from pytorch_pretrained_vit import ViT
     from pytorch_pretrained_vit.configs import PRETRAINED_MODELS
 
+    from pytorch_pretrained_vit.utils import load_pretrained_weights
+
     name = "B_16_imagenet1k"
-    url = PRETRAINED_MODELS[name]["url"]
-    model = _load_with_hint("vit_b16", url, lambda: _quiet(lambda: ViT(name, pretrained=pretrained, image_size=image_size)))
+    config = PRETRAINED_MODELS[name]
+    model = _quiet(lambda: ViT(name, pretrained=False, image_size=image_size))
+    if pretrained:
+        # The library's own pretrained=True path downloads with torch.hub's weights_only=False; fetch the same
+        # file into the same cache first, then hand it to the library's loader, which torch.load()s it with
+        # torch's default weights_only=True and resizes the position embeddings for other input sizes.
+        url = config["url"]
+        path = os.path.join(checkpoint_dir(), os.path.basename(urlparse(url).path))
+
+        def load():
+            if not os.path.exists(path):
+                os.makedirs(checkpoint_dir(), exist_ok=True)
+                torch.hub.download_url_to_file(url, path, progress=True)
+            _quiet(lambda: load_pretrained_weights(model, weights_path=path, load_first_conv=True, load_fc=True,
+                                                   resize_positional_embedding=image_size != config["image_size"]))
+
+        _load_with_hint("vit_b16", url, load)
     model.fc = nn.Identity()  # forward() still applies the final LayerNorm to the class token: 768-d
     return model
 

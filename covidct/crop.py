@@ -81,13 +81,16 @@ def label_and_balance(table: pd.DataFrame, classes: str, balance: str, seed: int
             part = pd.concat(keep).sort_values("line")
         parts.append(part)
     table = pd.concat(parts, ignore_index=True)
+    info = {"classes": classes, "label_names": label_names, "balance": balance, **recount(table, label_names)}
+    return table, info
+
+
+def recount(table: pd.DataFrame, label_names) -> dict:
+    """Class weights, slices per split and label, and patients per split (again after unusable slices are dropped)."""
     train_counts = table[table["split"] == "train"]["label"].value_counts().sort_index()
     # Inverse-frequency weights for a weighted loss later; all ones once the classes are balanced.
     weights = (train_counts.sum() / (len(train_counts) * train_counts)).round(6)
-    info = {
-        "classes": classes,
-        "label_names": label_names,
-        "balance": balance,
+    return {
         "class_weights": [float(weights.get(i, 0.0)) for i in range(len(label_names))],
         "counts": {
             split: {label_names[k]: int(v) for k, v in table[table["split"] == split]["label"].value_counts().sort_index().items()}
@@ -95,7 +98,6 @@ def label_and_balance(table: pd.DataFrame, classes: str, balance: str, seed: int
         },
         "patients": {split: int(table[table["split"] == split]["patient"].nunique()) for split in SPLITS},
     }
-    return table, info
 
 
 def crop_box(width: int, height: int, box, margin: float):
@@ -120,13 +122,46 @@ def to_gray8(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
+class Unusable(Exception):
+    """One slice cannot be used; ``reason`` is a short category for the data-quality report."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def check_box(box, width: int, height: int) -> None:
+    xmin, ymin, xmax, ymax = box
+    if xmax < xmin or ymax < ymin:
+        raise Unusable("bbox_inverted", f"bbox {tuple(box)} has max < min")
+    if xmax == xmin or ymax == ymin:
+        raise Unusable("bbox_zero_area", f"bbox {tuple(box)} has zero area")
+    if xmin < 0 or ymin < 0 or xmax > width or ymax > height:
+        raise Unusable("bbox_outside_image", f"bbox {tuple(box)} reaches outside the {width}x{height} image")
+
+
+def read_image(path: Path) -> Image.Image:
+    """The image as 8-bit grayscale, or ``Unusable`` saying why not (missing, empty, not an image, truncated)."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        if path.stat().st_size == 0:
+            raise Unusable("empty_file", "zero-byte file")
+        with Image.open(path) as image:
+            image.load()
+            return to_gray8(image)
+    except FileNotFoundError:
+        raise Unusable("missing_file", "listed in the split file but not found") from None
+    except UnidentifiedImageError:
+        raise Unusable("not_an_image", "not a PNG/JPEG (PIL cannot identify it)") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: "image file is truncated", broken chunks, CRC errors
+        raise Unusable("corrupt_image", f"cannot decode: {exc}") from None
+
+
 def load_crop(path: Path, box, size: int, margin: float) -> np.ndarray:
-    with Image.open(path) as image:
-        image.load()
-        gray = to_gray8(image)
+    gray = read_image(Path(path))
+    check_box(box, gray.width, gray.height)
     left, top, right, bottom = crop_box(gray.width, gray.height, box, margin)
-    if right <= left or bottom <= top:
-        raise DataError(f"bbox {tuple(box)} is empty inside a {gray.width}x{gray.height} image")
     return np.asarray(gray.crop((left, top, right, bottom)).resize((size, size), Image.BILINEAR))
 
 
@@ -138,36 +173,49 @@ def _init_worker(images_dir, size, margin):
 
 
 def _crop_one(job):
-    fname, box, where = job
+    fname = job[0]
     try:
-        return load_crop(_worker_args["images_dir"] / fname, box, _worker_args["size"], _worker_args["margin"]), None
-    except Exception as exc:  # every failure is reported with its file and split-file line
-        return None, f"{where}: {fname}: {type(exc).__name__}: {exc}"
+        return load_crop(_worker_args["images_dir"] / fname, job[1], _worker_args["size"], _worker_args["margin"]), None
+    except Unusable as exc:
+        return None, (exc.reason, exc.detail)
+    except Exception as exc:  # anything unforeseen is reported with its file and line too, as a skip
+        return None, ("error", f"{type(exc).__name__}: {exc}")
 
 
 def build_store(table: pd.DataFrame, info: dict, images_root: Path, out_dir: Path, size: int, margin: float,
-                shard_size: int, workers: int = 0, progress: bool = True, variant: str = "3A") -> dict:
-    """Decodes, crops and resizes every slice of ``table`` into ``out_dir`` (a fresh folder)."""
+                shard_size: int, workers: int = 0, progress: bool = True, variant: str = "3A") -> tuple[dict, list]:
+    """Decodes, crops and resizes every usable slice of ``table`` into ``out_dir`` (a fresh folder).
+
+    Returns (store metadata, skipped): one dict per unusable slice with its split-file line, file and reason.
+    Skipped slices are left out of the store and of its counts; the caller decides whether that is too many.
+    """
     from tqdm import tqdm
 
     images_dir = Path(images_root) / IMAGES_DIR
     workers = workers or os.cpu_count() or 1
     boxes = table[["xmin", "ymin", "xmax", "ymax"]].to_numpy()
-    jobs = [
-        (fname, tuple(int(v) for v in box), f"{split_filename(split, variant)}:{line}")
-        for fname, box, split, line in zip(table["fname"], boxes, table["split"], table["line"])
-    ]
+    jobs = [(fname, tuple(int(v) for v in box)) for fname, box in zip(table["fname"], boxes)]
     writer = store.ShardWriter(out_dir, len(jobs), size, shard_size)
+    kept, skipped = np.zeros(len(jobs), bool), []
     with Pool(workers, initializer=_init_worker, initargs=(images_dir, size, margin)) as pool:
         results = pool.imap(_crop_one, jobs, chunksize=32)
-        for crop, error in tqdm(results, total=len(jobs), desc="crop", unit="img", disable=not progress):
-            if error is not None:
-                pool.terminate()
-                raise DataError(f"{error}. Fix or remove the file, or drop its line from the split file.")
-            writer.append(crop)
+        for i, (crop, problem) in enumerate(tqdm(results, total=len(jobs), desc="crop", unit="img", disable=not progress)):
+            if problem is None:
+                writer.append(crop)
+                kept[i] = True
+                continue
+            row = table.iloc[i]
+            skipped.append({"where": f"{split_filename(row['split'], variant)}:{row['line']}", "fname": row["fname"],
+                            "split": row["split"], "reason": problem[0], "detail": problem[1]})
     writer.close()
-    index = table[["fname", "patient", "split", "label", "cls", "xmin", "ymin", "xmax", "ymax"]].copy()
+    index = table.loc[kept, ["fname", "patient", "split", "label", "cls", "xmin", "ymin", "xmax", "ymax"]]
+    index = index.reset_index(drop=True)
+    for split in SPLITS:
+        if not (index["split"] == split).any():
+            raise DataError(f"split '{split}': none of its slices could be read (see the skipped list). "
+                            "Check the images folder and the split file.")
     index["shard"], index["offset"] = writer.locations()
+    info = {**info, **recount(index, info["label_names"])}
     meta = {**info, "size": size, "margin": margin, "shard_size": shard_size, "slices": len(index)}
     store.write_index(out_dir, index, meta)
-    return meta
+    return meta, skipped

@@ -242,5 +242,18 @@ def load(path: str | os.PathLike) -> tuple[Classifier, dict]:
     path = Path(path)
     config = json.loads((path / CONFIG).read_text())
     model = build_classifier(config["arch"], "scratch", len(config["label_names"]), config["image_size"])
-    model.load_state_dict(load_file(str(path / CHECKPOINT)))
+    model.load_state_dict(read_safetensors(path / CHECKPOINT))
     return model.eval(), config
+
+
+def read_safetensors(path: Path) -> dict:
+    """Tensors from a safetensors file (which cannot carry code), or an error that says how to get it back."""
+    from covidct.rawdata import DataError
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError for truncated or foreign files
+        raise DataError(f"{path}: not a readable safetensors checkpoint ({type(exc).__name__}: {exc}). "
+                        "Restore it with `dvc checkout` or retrain with `dvc repro`.") from None

@@ -41,7 +41,16 @@ def create_head(name: str, params: dict, class_weights=None):
 def load_head(path: str | Path):
     config = json.loads((Path(path) / "head.json").read_text())
     head = create_head(config["head"], config["params"], config.get("class_weights"))
-    head.load_state(load_arrays(str(Path(path) / "head.safetensors")), config)
+    try:
+        arrays = load_arrays(str(Path(path) / "head.safetensors"))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors' own error for truncated or foreign files
+        from covidct.rawdata import DataError
+
+        raise DataError(f"{Path(path) / 'head.safetensors'}: not a readable safetensors file ({type(exc).__name__}: "
+                        f"{exc}). Restore it with `dvc checkout` or retrain with `dvc repro`.") from None
+    head.load_state(arrays, config)
     return head
 
 

@@ -52,6 +52,9 @@ def validate(params: dict) -> list[str]:
     check(crop.get("balance") in BALANCES, f"crop.balance={crop.get('balance')!r}: choose one of {list(BALANCES)}")
     for key in ("image_size", "shard_size"):
         check(_positive_int(crop.get(key)), f"crop.{key}={crop.get(key)!r}: must be a positive integer")
+    fraction = crop.get("max_skipped_fraction")
+    check(isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction <= 1,
+          f"crop.max_skipped_fraction={fraction!r}: must be in [0, 1]")
     margin = crop.get("margin", 0)
     check(isinstance(margin, (int, float)) and 0 <= margin <= 1, f"crop.margin={margin!r}: must be in [0, 1]")
     check(_positive_int(extract.get("batch_size")), f"extract.batch_size={extract.get('batch_size')!r}: must be a positive integer")

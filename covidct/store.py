@@ -26,11 +26,14 @@ def shard_name(number: int) -> str:
 
 
 class ShardWriter:
-    """Appends images to memory-mapped shards of ``shard_size`` images each."""
+    """Appends images to memory-mapped shards of ``shard_size`` images each.
+
+    ``total`` is an upper bound (some inputs may turn out unusable): the last shard is trimmed on close.
+    """
 
     def __init__(self, out_dir: Path, total: int, size: int, shard_size: int):
         self.out_dir, self.total, self.size, self.shard_size = Path(out_dir), total, size, shard_size
-        self.written, self._shard, self._array = 0, -1, None
+        self.written, self._shard, self._array, self._used = 0, -1, None, 0
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def append(self, image: np.ndarray) -> None:
@@ -39,6 +42,7 @@ class ShardWriter:
             self._open_next()
         self._array[offset] = image
         self.written += 1
+        self._used = offset + 1
 
     def _open_next(self) -> None:
         self._flush()
@@ -53,12 +57,17 @@ class ShardWriter:
             self._array = None
 
     def close(self) -> None:
+        if self._array is not None and self._used < len(self._array):
+            path = self.out_dir / shard_name(self._shard)
+            used = np.array(self._array[:self._used])
+            self._array = None
+            tmp = path.with_name(f".tmp-{path.name}")
+            np.save(tmp, used)
+            os.replace(tmp, path)
         self._flush()
-        if self.written != self.total:
-            raise RuntimeError(f"crop store: wrote {self.written} of {self.total} images")
 
     def locations(self):
-        rows = np.arange(self.total)
+        rows = np.arange(self.written)
         return rows // self.shard_size, rows % self.shard_size
 
 

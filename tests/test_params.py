@@ -53,6 +53,7 @@ def test_the_readme_full_study_command_sets_valid_params(tmp_path):
     [
         ("data.source", "s3", "data.source='s3': choose one of ['sample', 'local', 'kaggle']"),
         ("crop.image_size", -5, "crop.image_size=-5: must be a positive integer"),
+        ("crop.max_skipped_fraction", 1.5, "crop.max_skipped_fraction=1.5: must be in [0, 1]"),
         ("crop.balance", "smote", "crop.balance='smote': choose one of ['undersample', 'weighted', 'none']"),
         ("backbones.vit_b16.image_size", 100, "a multiple of 16"),
         ("backbones.vgg16.weights", "imagenet21k", "backbones.vgg16.weights='imagenet21k': choose one of"),
