@@ -71,3 +71,28 @@ def test_local_source_without_split_files_lists_what_it_found(tmp_path):
     (tmp_path / "d" / "train_COVIDx_CT-2A.txt").write_text("")
     with pytest.raises(DataError, match=r"no train_COVIDx_CT-3A.txt.*train_COVIDx_CT-2A.txt.*data.variant"):
         rawdata.prepare({"source": "local", "variant": "3A", "local_root": str(tmp_path / "d")}, {}, tmp_path)
+
+
+def test_credentials_never_reach_output_or_files(kagglehub_cache, tmp_path):
+    """Offline with a token set: the stage fails with advice, and the key is nowhere in what it printed or wrote."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    secret = "s3cr3t-kaggle-key-0042"
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    p["data"]["source"] = "kaggle"
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project/params.yaml").write_text(yaml.safe_dump(p))
+    env = {**os.environ, "PYTHONPATH": str(root), "KAGGLE_USERNAME": "alice", "KAGGLE_KEY": secret, "CI": "true"}
+    result = subprocess.run([sys.executable, "-m", "stages.download"], cwd=tmp_path / "project", env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.startswith("error: Could not download Kaggle dataset")
+    assert secret not in result.stdout + result.stderr
+    for path in tmp_path.rglob("*"):  # the project, kagglehub's cache and HOME
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
