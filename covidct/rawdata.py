@@ -105,8 +105,16 @@ def kaggle_download(handle: str) -> Path:
         import kagglehub
     except ImportError as exc:  # pragma: no cover - it is in requirements.txt
         raise DataError("data.source=kaggle needs the kagglehub package: pip install -r requirements.txt") from exc
+    from covidct.archive import kagglehub_extracts_safely
+
     try:
-        return Path(kagglehub.dataset_download(handle))
+        with kagglehub_extracts_safely():
+            return Path(kagglehub.dataset_download(handle))
+    except DataError:
+        raise
+    except kagglehub.exceptions.DataCorruptionError as exc:
+        raise DataError(f"Kaggle dataset '{handle}': the download did not match the server's checksum ({exc}); "
+                        "kagglehub deleted it. Run the stage again to download it afresh.") from None
     except Exception as exc:  # kagglehub raises requests/HTTP/auth errors of many kinds
         raise DataError(
             f"Could not download Kaggle dataset '{handle}': {type(exc).__name__}: {exc}\n"
