@@ -91,17 +91,16 @@ def _load_with_hint(name: str, url: str, load):
     """
     import pickle
 
+    path = os.path.join(checkpoint_dir(), os.path.basename(urlparse(url).path))
     try:
         return load()
     except pickle.UnpicklingError as exc:
-        path = os.path.join(checkpoint_dir(), os.path.basename(urlparse(url).path))
         raise WeightsUnavailable(
             f"Refused to load {path}: it is not a plain tensor checkpoint (weights_only=True found "
             f"{str(exc).splitlines()[0][:200]}). The file may be tampered with; delete it and rerun to download "
             f"the official one from {url}."
         ) from None
     except (RuntimeError, EOFError) as exc:
-        path = os.path.join(checkpoint_dir(), os.path.basename(urlparse(url).path))
         raise WeightsUnavailable(
             f"Cannot read {path} ({type(exc).__name__}: {str(exc)[:200]}): probably a partial download. "
             f"Delete it and rerun to download it again from {url}."

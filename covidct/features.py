@@ -46,11 +46,15 @@ class Preprocess(torch.nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.unsqueeze(1).float().div_(255.0)
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > self.size)
-        return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        return to_model_input(images.unsqueeze(1).float().div_(255.0), self.size, self.mean, self.std)
+
+
+def to_model_input(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Gray (N, 1, H, W) in [0, 1] -> resized to size x size, expanded to RGB, normalised: what every backbone eats
+    (the extract stage and the fine-tuned ``Classifier`` alike, so both see identical inputs)."""
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+    return (x.expand(-1, 3, -1, -1) - mean) / std
 
 
 def schema_for(dim: int, metadata: dict) -> pa.Schema:

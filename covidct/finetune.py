@@ -24,6 +24,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from covidct.backbones import get_spec
+from covidct.features import to_model_input
+from covidct.heads import read_safetensors
 from covidct.store import CropStore
 
 INITS = ("scratch", "imagenet")
@@ -44,11 +46,7 @@ class Classifier(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > self.image_size)
-        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
-        return self.head(self.backbone(x))
+        return self.head(self.backbone(to_model_input(x, self.image_size, self.mean, self.std)))
 
 
 def build_classifier(arch: str, init: str, n_classes: int, image_size: int) -> Classifier:
@@ -242,18 +240,5 @@ def load(path: str | os.PathLike) -> tuple[Classifier, dict]:
     path = Path(path)
     config = json.loads((path / CONFIG).read_text())
     model = build_classifier(config["arch"], "scratch", len(config["label_names"]), config["image_size"])
-    model.load_state_dict(read_safetensors(path / CHECKPOINT))
+    model.load_state_dict(read_safetensors(path / CHECKPOINT, load_file, "checkpoint"))
     return model.eval(), config
-
-
-def read_safetensors(path: Path) -> dict:
-    """Tensors from a safetensors file (which cannot carry code), or an error that says how to get it back."""
-    from covidct.rawdata import DataError
-
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # safetensors raises its own SafetensorError for truncated or foreign files
-        raise DataError(f"{path}: not a readable safetensors checkpoint ({type(exc).__name__}: {exc}). "
-                        "Restore it with `dvc checkout` or retrain with `dvc repro`.") from None

@@ -41,17 +41,23 @@ def create_head(name: str, params: dict, class_weights=None):
 def load_head(path: str | Path):
     config = json.loads((Path(path) / "head.json").read_text())
     head = create_head(config["head"], config["params"], config.get("class_weights"))
-    try:
-        arrays = load_arrays(str(Path(path) / "head.safetensors"))
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # safetensors' own error for truncated or foreign files
-        from covidct.rawdata import DataError
-
-        raise DataError(f"{Path(path) / 'head.safetensors'}: not a readable safetensors file ({type(exc).__name__}: "
-                        f"{exc}). Restore it with `dvc checkout` or retrain with `dvc repro`.") from None
+    arrays = read_safetensors(Path(path) / "head.safetensors", load_arrays)
     head.load_state(arrays, config)
     return head
+
+
+def read_safetensors(path: Path, load=None, what: str = "file") -> dict:
+    """Arrays from a safetensors file (which cannot carry code), or an error that says how to get it back.
+    ``load``: safetensors' numpy (default) or torch ``load_file``."""
+    from covidct.rawdata import DataError
+
+    try:
+        return (load or load_arrays)(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError for truncated or foreign files
+        raise DataError(f"{path}: not a readable safetensors {what} ({type(exc).__name__}: {exc}). "
+                        "Restore it with `dvc checkout` or retrain with `dvc repro`.") from None
 
 
 @dataclass

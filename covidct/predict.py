@@ -19,31 +19,26 @@ import numpy as np
 import torch
 
 from covidct import explain, models
-from covidct.crop import to_gray8
+from covidct.crop import Unusable, read_image
 
 
 class ImageError(ValueError):
     """An input file is missing or is not an image we can read; the message names the file."""
 
 
-def read_grayscale(path: str | Path) -> np.ndarray:
-    """float32 (H, W) in [0, 1] from any image PIL decodes, converted exactly as the crop stage converts
-    training slices (``crop.to_gray8``: 16-bit scaled by its full range, transparency over black)."""
-    from PIL import Image, UnidentifiedImageError
+# crop.read_image's reasons, in words for someone scoring their own files
+_WHY = {"missing_file": "no such file", "empty_file": "empty file (0 bytes); re-export or re-download it",
+        "not_an_image": "not an image format PIL recognises (expected PNG or JPEG)"}
 
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes); re-export or re-download it")
+
+def read_grayscale(path: str | Path) -> np.ndarray:
+    """float32 (H, W) in [0, 1], read and converted by the crop stage's own ``read_image``, so a slice is
+    scored exactly as training slices were made (16-bit scaled by its full range, transparency over black)."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            gray = to_gray8(image)
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image format PIL recognises (expected PNG or JPEG)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot decode ({exc}); the file is probably truncated or corrupt") from None
+        gray = read_image(Path(path))
+    except Unusable as exc:
+        why = _WHY.get(exc.reason, f"{exc.detail}; the file is probably truncated or corrupt")
+        raise ImageError(f"{path}: {why}") from None
     return np.asarray(gray, dtype=np.float32) / 255.0
 
 
