@@ -10,6 +10,7 @@ import yaml
 from covidct.backbones import REGISTRY, WEIGHTS
 from covidct.crop import BALANCES, CLASS_MAPS
 from covidct.explain import CAM_METHODS
+from covidct.features import PRECISIONS
 from covidct.finetune import INITS
 from covidct.heads import HEADS
 
@@ -58,6 +59,11 @@ def validate(params: dict) -> list[str]:
     margin = crop.get("margin", 0)
     check(isinstance(margin, (int, float)) and 0 <= margin <= 1, f"crop.margin={margin!r}: must be in [0, 1]")
     check(_positive_int(extract.get("batch_size")), f"extract.batch_size={extract.get('batch_size')!r}: must be a positive integer")
+    check(_positive_int(extract.get("processes", 1)),
+          f"extract.processes={extract.get('processes')!r}: a positive integer (1 = no torchrun)")
+    check(extract.get("precision", "auto") in PRECISIONS,
+          f"extract.precision={extract.get('precision')!r}: choose one of {list(PRECISIONS)}")
+    check(isinstance(extract.get("compile", False), bool), f"extract.compile={extract.get('compile')!r}: true or false")
 
     backbones = params.get("backbones", {})
     check(isinstance(backbones, dict) and backbones, "backbones: list at least one backbone")

@@ -36,7 +36,17 @@ def tiny_sample(tmp_path_factory):
     return out
 
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "covidct", ".dvc/config", ".dvcignore", ".gitignore"]
+def build_store(raw: Path, out: Path, size: int, shard_size: int, balance: str = "undersample") -> Path:
+    """The crop stage's store of ``raw`` (binary classes), single-process and quiet."""
+    from covidct import crop
+
+    table, info = crop.label_and_balance(crop.slice_table(raw), "binary", balance, seed=0)
+    crop.build_store(table, info, raw, out, size=size, margin=0.0, shard_size=shard_size, workers=1, progress=False)
+    return out
+
+
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "covidct", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
+                 ".gitignore"]
 
 
 def make_project(work: Path, edit_params) -> Path:

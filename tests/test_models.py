@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from covidct import crop, features, heads, models, store
+from conftest import build_store
+
+from covidct import features, heads, models, store
 
 HEAD_PARAMS = {"logreg": {"C": 1.0, "max_iter": 500},
                "mlp": {"hidden": 8, "dropout": 0.0, "epochs": 2, "batch_size": 8, "base_lr": 1e-3, "max_lr": 1e-2,
@@ -17,9 +19,7 @@ HEAD_PARAMS = {"logreg": {"C": 1.0, "max_iter": 500},
 def pipeline_models(tiny_sample, tmp_path_factory):
     """crop store -> features (random-init, seeded resnet18 at 48 px) -> both heads, saved as train saves them."""
     root = tmp_path_factory.mktemp("composed")
-    table, info = crop.label_and_balance(crop.slice_table(tiny_sample), "binary", "undersample", seed=0)
-    crop.build_store(table, info, tiny_sample, root / "crops", size=40, margin=0.0, shard_size=16, workers=1,
-                     progress=False)
+    build_store(tiny_sample, root / "crops", size=40, shard_size=16)
     (root / "features").mkdir()
     features.extract(root / "crops", root / "features", "resnet18", "none", 48, batch_size=8, seed=3, progress=False)
     train, x_train, meta = features.read_features(root / "features/train.parquet")
