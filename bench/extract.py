@@ -36,19 +36,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.inference_mode()
 def time_ceiling(engine: features.Engine, batch_size: int, batches: int) -> float:
-    x = torch.randn(batch_size, 3, engine.image_size, engine.image_size, device=engine.device)
-    if engine.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=engine.bf16):
-        for _ in range(3):
-            engine.model(x)
-        sync(engine.device)
-        start = time.perf_counter()
-        for _ in range(batches):
-            engine.model(x)
-        sync(engine.device)
+    size = engine.image_size
+    x = engine.model_input(torch.randint(0, 256, (batch_size, size, size), dtype=torch.uint8, device=engine.device))
+    for _ in range(3):
+        engine.forward(x)
+    sync(engine.device)
+    start = time.perf_counter()
+    for _ in range(batches):
+        engine.forward(x)
+    sync(engine.device)
     return batches * batch_size / (time.perf_counter() - start)
 
 

@@ -14,7 +14,6 @@ import pandas as pd
 from PIL import Image
 
 from covidct import store
-from covidct.atomic import atomic_write_json
 from covidct.rawdata import CLASS_NAMES, IMAGES_DIR, SPLITS, DataError, read_split_file, split_filename
 
 # How COVIDx classes (0 Normal, 1 Pneumonia, 2 COVID-19) become training labels; None drops the slice.

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -124,11 +126,18 @@ class Engine:
         n = len(images)
         if self.static_batch and n < self.static_batch:
             images = torch.cat([images, images.new_zeros((self.static_batch - n, *images.shape[1:]))])
+        return self.forward(self.model_input(images))[:n].float()
+
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (n, H, W) -> the normalised (n, 3, size, size) batch the model takes, in its memory format."""
         x = self.prep(images)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone alone on a ``model_input`` batch, at the engine's precision (the benchmark's ceiling)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self.model(x)[:n].float()
+            return self.model(x)
 
 
 def stream_features(engine: Engine, store: CropStore, rows, batch_size: int, prefetch: int = 3):
@@ -138,10 +147,6 @@ def stream_features(engine: Engine, store: CropStore, rows, batch_size: int, pre
     on its own stream while the model runs the previous one; results come back to pinned memory without
     stalling: batch k's features are waited for only after batch k+1 has been launched.
     """
-    import queue
-    import threading
-    from collections import deque
-
     on_cuda = engine.device.type == "cuda"
     batches: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
@@ -184,17 +189,21 @@ def stream_features(engine: Engine, store: CropStore, rows, batch_size: int, pre
         reader.join()
 
 
-def _read_batches(store: CropStore, rows, batch_size: int, device: torch.device, out, stop) -> None:
-    import queue
+def _put(into: queue.Queue, item, give_up) -> bool:
+    """``into.put(item)``, except that it returns False once ``give_up()`` is true instead of blocking for good
+    on a consumer that has stopped."""
+    while not give_up():
+        try:
+            into.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            pass
+    return False
 
+
+def _read_batches(store: CropStore, rows, batch_size: int, device: torch.device, out, stop) -> None:
     def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
+        return _put(out, item, stop.is_set)
 
     try:
         on_cuda = device.type == "cuda"
@@ -233,9 +242,6 @@ class ParquetSink:
     row group; ``put`` blocks only when ``max_pending`` batches are waiting (bounded memory)."""
 
     def __init__(self, path, schema: pa.Schema, row_group_size: int = 8192, max_pending: int = 8):
-        import queue
-        import threading
-
         self.schema, self.row_group_size = schema, row_group_size
         self._writer = pq.ParquetWriter(path, schema)
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
@@ -244,16 +250,8 @@ class ParquetSink:
         self._thread.start()
 
     def put(self, rows, features: np.ndarray) -> None:
-        import queue
-
-        while True:
-            if self._error is not None:
-                raise self._error
-            try:
-                self._queue.put((rows, features), timeout=0.1)
-                return
-            except queue.Full:
-                pass
+        if not _put(self._queue, (rows, features), lambda: self._error is not None):
+            raise self._error
 
     def _run(self) -> None:
         buffered, count = [], 0

@@ -73,7 +73,7 @@ def test_store_reads_any_rows_into_a_given_buffer(crop_store):
 def test_truncated_shard_is_named_with_what_to_do(crop_store, tmp_path):
     import shutil
 
-    from covidct.store import CropStore, shard_name
+    from covidct.store import shard_name
 
     broken = tmp_path / "crops"
     shutil.copytree(crop_store, broken)

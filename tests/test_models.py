@@ -1,7 +1,5 @@
 """A frozen backbone + head composed into one module scores exactly as the pipeline's features + head do."""
 
-import json
-
 import numpy as np
 import pytest
 import torch

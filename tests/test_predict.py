@@ -1,6 +1,5 @@
 """``python -m covidct.predict``: any PNG/JPEG mode in, a probability and a CAM overlay out, clear errors."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
