@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from covidct import crop, phantom
-from covidct.rawdata import IMAGES_DIR, SPLITS, split_filename
+from covidct.layout import IMAGES_DIR, SPLITS, split_filename
 
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 SLICES_PER_PATIENT = 8

@@ -29,6 +29,7 @@ import torch
 from bench.data import build_crop_store, make_raw
 from covidct import features
 from covidct.backbones import REGISTRY, create_backbone, get_spec
+from covidct.classifier import resolve_device
 
 
 def sync(device: torch.device) -> None:
@@ -121,7 +122,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("bench/results/extract.json"))
     args = parser.parse_args(argv)
 
-    device = features.resolve_device(args.device)
+    device = resolve_device(args.device)
     compile_ = device.type == "cuda" if args.compile is None else args.compile
     backbones = args.backbones.split(",")
     sizes = {b: args.image_size or get_spec(b).native_size for b in backbones}

@@ -16,7 +16,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from covidct.rawdata import DataError
+from covidct.errors import DataError
 
 
 def _inside(root: Path, member: str) -> bool:

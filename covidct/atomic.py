@@ -47,7 +47,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process
         return True
-    return True
+    try:  # a killed process whose parent died too stays a zombie until init reaps it: dead all the same
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): trust kill()
+        return True
 
 
 @contextlib.contextmanager

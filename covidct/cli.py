@@ -5,17 +5,13 @@ from __future__ import annotations
 import os
 import sys
 
-from covidct.backbones import WeightsUnavailable
-from covidct.params import ParamsError
-from covidct.rawdata import DataError
-
-KNOWN_ERRORS = (DataError, ParamsError, WeightsUnavailable, FileNotFoundError)
+from covidct.errors import KNOWN_ERRORS
 
 
-def run(main, *args) -> None:
-    """Runs a stage's ``main``; known failures print ``error: ...`` and exit 2 (set COVIDCT_TRACEBACK=1 for the trace)."""
+def run(main, *args, **kwargs) -> None:
+    """Runs a stage's ``main``; known failures print ``error: ...`` and exit 2 (COVIDCT_TRACEBACK=1 shows the trace)."""
     try:
-        main(*args)
+        main(*args, **kwargs)
     except KNOWN_ERRORS as exc:
         if os.environ.get("COVIDCT_TRACEBACK"):
             raise

@@ -14,7 +14,10 @@ import pandas as pd
 from PIL import Image
 
 from covidct import store
-from covidct.rawdata import CLASS_NAMES, IMAGES_DIR, SPLITS, DataError, read_split_file, split_filename
+from covidct.errors import DataError
+from covidct.images import Unusable, read_image
+from covidct.layout import CLASS_NAMES, IMAGES_DIR, SPLITS, read_split_file, split_filename
+from covidct.params import Problems, is_number, is_positive_int
 
 # How COVIDx classes (0 Normal, 1 Pneumonia, 2 COVID-19) become training labels; None drops the slice.
 CLASS_MAPS = {
@@ -23,6 +26,21 @@ CLASS_MAPS = {
     "three_class": ({0: 0, 1: 1, 2: 2}, list(CLASS_NAMES)),
 }
 BALANCES = ("undersample", "weighted", "none")
+
+
+def check_params(crop: dict) -> list[str]:
+    problems = Problems()
+    problems.require(crop.get("classes") in CLASS_MAPS,
+                     f"crop.classes={crop.get('classes')!r}: choose one of {sorted(CLASS_MAPS)}")
+    problems.require(crop.get("balance") in BALANCES,
+                     f"crop.balance={crop.get('balance')!r}: choose one of {list(BALANCES)}")
+    for key in ("image_size", "shard_size"):
+        problems.require(is_positive_int(crop.get(key)), f"crop.{key}={crop.get(key)!r}: a positive integer")
+    fraction, margin = crop.get("max_skipped_fraction"), crop.get("margin", 0)
+    problems.require(is_number(fraction) and 0 <= fraction <= 1,
+                     f"crop.max_skipped_fraction={fraction!r}: must be in [0, 1]")
+    problems.require(is_number(margin) and 0 <= margin <= 1, f"crop.margin={margin!r}: must be in [0, 1]")
+    return problems
 
 
 def slice_table(raw_dir: str | os.PathLike, variant: str = "3A") -> pd.DataFrame:
@@ -108,27 +126,6 @@ def crop_box(width: int, height: int, box, margin: float):
     return left, top, right, bottom
 
 
-def to_gray8(image: Image.Image) -> Image.Image:
-    """Any PNG/JPEG mode -> 8-bit grayscale; 16-bit data is scaled, not clipped."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("L")
-
-
-class Unusable(Exception):
-    """One slice cannot be used; ``reason`` is a short category for the data-quality report."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
 def check_box(box, width: int, height: int) -> None:
     xmin, ymin, xmax, ymax = box
     if xmax < xmin or ymax < ymin:
@@ -137,24 +134,6 @@ def check_box(box, width: int, height: int) -> None:
         raise Unusable("bbox_zero_area", f"bbox {tuple(box)} has zero area")
     if xmin < 0 or ymin < 0 or xmax > width or ymax > height:
         raise Unusable("bbox_outside_image", f"bbox {tuple(box)} reaches outside the {width}x{height} image")
-
-
-def read_image(path: Path) -> Image.Image:
-    """The image as 8-bit grayscale, or ``Unusable`` saying why not (missing, empty, not an image, truncated)."""
-    from PIL import UnidentifiedImageError
-
-    try:
-        if path.stat().st_size == 0:
-            raise Unusable("empty_file", "zero-byte file")
-        with Image.open(path) as image:
-            image.load()
-            return to_gray8(image)
-    except FileNotFoundError:
-        raise Unusable("missing_file", "listed in the split file but not found") from None
-    except UnidentifiedImageError:
-        raise Unusable("not_an_image", "not a PNG/JPEG (PIL cannot identify it)") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL: "image file is truncated", broken chunks, CRC errors
-        raise Unusable("corrupt_image", f"cannot decode: {exc}") from None
 
 
 def load_crop(path: Path, box, size: int, margin: float) -> np.ndarray:

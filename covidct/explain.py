@@ -1,6 +1,6 @@
 """What the fine-tuned networks look at: class activation maps, input gradients, first-layer kernels.
 
-All functions take a ``finetune.Classifier`` and grayscale images in [0, 1] of shape (N, 1, H, W), the
+All functions take a ``classifier.Classifier`` and grayscale images in [0, 1] of shape (N, 1, H, W), the
 way the crop store holds them. The classifier resizes and normalises inside, so every map comes back at
 the size of the images passed in and can be laid straight over them. Figures are drawn with matplotlib's
 Agg canvas (no pyplot, no global backend switch) and written atomically, so a killed stage never leaves
@@ -12,50 +12,41 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from pytorch_grad_cam import EigenCAM, GradCAM, HiResCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from covidct.atomic import atomic_path
+from covidct.atomic import atomic_path, atomic_write_json
+from covidct.backbones import get_spec
+from covidct.classifier import predict_split
+from covidct.params import Problems, is_positive_int
 
-CAM_METHODS = ("gradcam", "hirescam", "eigencam")
+CAMS = {"gradcam": GradCAM, "hirescam": HiResCAM, "eigencam": EigenCAM}
+CAM_METHODS = tuple(CAMS)
 KINDS = ("TP", "TN", "FP", "FN")
 
-# -----------------------------------------------------------------------------------------------------------------
-# where to look: the last spatial feature map of each architecture
 
+def check_params(explain: dict) -> list[str]:
+    """The ``explain:`` section."""
+    problems = Problems()
+    methods = explain.get("methods")
+    problems.require(isinstance(methods, list) and methods and set(methods) <= set(CAM_METHODS),
+                     f"explain.methods={methods!r}: a non-empty list from {list(CAM_METHODS)}")
+    problems.require(is_positive_int(explain.get("per_kind")),
+                     f"explain.per_kind={explain.get('per_kind')!r}: a positive integer")
+    return problems
 
-def _vit_tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
-    """(N, 1 + g*g, C) tokens -> (N, C, g, g): drop the class token, lay the patch tokens on their grid.
-
-    g comes from the token count, so the same function serves every image size (g = image_size // 16).
-    """
-    patches = tokens[:, 1:, :]
-    g = math.isqrt(patches.shape[1])
-    assert g * g == patches.shape[1], f"{patches.shape[1]} patch tokens do not form a square grid"
-    return patches.reshape(tokens.shape[0], g, g, tokens.shape[2]).permute(0, 3, 1, 2)
-
-
-# arch -> (backbone -> target layer, reshape transform or None). Standard choices from the grad-cam docs:
-# the last conv-stage output for CNNs; for the ViT the last block's first LayerNorm, whose output feeds the
-# attention that produces the class token (the final block's output itself only matters through that token).
-CAM_TARGETS = {
-    "vgg16": (lambda b: b.features[-1], None),
-    "resnet18": (lambda b: b.layer4[-1], None),
-    "resnet50": (lambda b: b.layer4[-1], None),
-    "vit_b16": (lambda b: b.transformer.blocks[-1].norm1, _vit_tokens_to_map),
-    "efficientnet_lite0": (lambda b: b._conv_head, None),
-}
-
-
-def cam_target(arch: str, model: nn.Module):
-    """([target layer], reshape transform or None) for a ``Classifier`` built on the registry backbone ``arch``."""
-    if arch not in CAM_TARGETS:
-        raise KeyError(f"no CAM target layer for {arch!r}; choose one of {sorted(CAM_TARGETS)}")
-    layer, reshape = CAM_TARGETS[arch]
-    return [layer(model.backbone)], reshape
+def cam_target(model: nn.Module):
+    """([target layer], reshape transform or None) of a ``Classifier``, as its backbone's registry entry says."""
+    spec = get_spec(model.arch)
+    return [spec.cam_layer(model.backbone)], spec.cam_reshape
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -92,7 +83,7 @@ def _as_input(images) -> torch.Tensor:
     return x.detach().clone().requires_grad_(True)
 
 
-def class_activation_maps(model: nn.Module, arch: str, images, target_class: int,
+def class_activation_maps(model: nn.Module, images, target_class: int,
                           methods=CAM_METHODS) -> dict[str, np.ndarray]:
     """method -> float32 (N, H, W) in [0, 1] at the input's size: where ``target_class``'s logit comes from.
 
@@ -102,20 +93,16 @@ def class_activation_maps(model: nn.Module, arch: str, images, target_class: int
     grad-cam resizes each map to the width and height of the tensor it is given, so handing it the original
     images (not the classifier's resized copy) yields maps at the stored image size.
     """
-    from pytorch_grad_cam import EigenCAM, GradCAM, HiResCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    cams = {"gradcam": GradCAM, "hirescam": HiResCAM, "eigencam": EigenCAM}
-    unknown = [m for m in methods if m not in cams]
+    unknown = [m for m in methods if m not in CAMS]
     if unknown:
-        raise KeyError(f"unknown CAM method(s) {unknown}; choose from {sorted(cams)}")
-    layers, reshape = cam_target(arch, model)
+        raise KeyError(f"unknown CAM method(s) {unknown}; choose from {sorted(CAMS)}")
+    layers, reshape = cam_target(model)
     x = _as_input(images)
     targets = [ClassifierOutputTarget(int(target_class))] * len(x)
     maps = {}
     with _explaining(model):
         for method in methods:
-            cam = cams[method](model=model, target_layers=layers, reshape_transform=reshape)
+            cam = CAMS[method](model=model, target_layers=layers, reshape_transform=reshape)
             try:  # not ``with cam``: its __exit__ swallows IndexError and would hide a wrong target layer
                 out = cam(input_tensor=x, targets=targets)
             finally:
@@ -150,13 +137,12 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     raise ValueError(f"{type(model.backbone).__name__} has no Conv2d")
 
 
-def first_layer_kernels(model: nn.Module, arch: str | None = None) -> np.ndarray:
+def first_layer_kernels(model: nn.Module) -> np.ndarray:
     """The first convolution's kernels tiled in a square grid: (H, W, 3) for RGB kernels, else (H, W).
 
     Each kernel is min-max scaled on its own (over all its channels, keeping their colour balance), because
     kernels differ in scale by orders of magnitude and one shared scale would leave most of them flat grey.
-    Tiles are separated by a 1-px white gap. ``arch`` is accepted for symmetry with the other functions;
-    the layer is found generically.
+    Tiles are separated by a 1-px white gap.
     """
     w = first_conv(model).weight.detach().float().cpu()  # (out, in, kh, kw)
     if w.shape[1] != 3:
@@ -211,9 +197,6 @@ def save_figure(fig, path: str | os.PathLike) -> None:
 
 def new_figure(width: float, height: float):
     """A pyplot-free Agg figure: nothing global to switch or close, freed when it goes out of scope."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
@@ -264,36 +247,31 @@ def _unit_scale(maps: np.ndarray, percentile: float = 99.0) -> np.ndarray:
     return np.clip(maps / np.maximum(top, 1e-12), 0.0, 1.0).astype(np.float32)
 
 
-def explain_model(model: nn.Module, arch: str, store, out_dir, label_names, title: str, per_kind: int = 2,
+def explain_model(model: nn.Module, store, out_dir, label_names, title: str, per_kind: int = 2,
                   seed: int = 0, methods=CAM_METHODS, device: torch.device | None = None) -> dict:
     """Test-set CAMs, input gradients and first-layer kernels of one model -> PNGs + examples.json in ``out_dir``.
 
-    ``model`` is any ``finetune.Classifier`` (a fine-tuned network or a frozen backbone + head composed by
+    ``model`` is any ``classifier.Classifier`` (a fine-tuned network or a frozen backbone + head composed by
     ``models.load_model``). Examples: ``per_kind`` seeded picks each of TP, TN, FP and FN on the test split,
     COVID-19 as the positive class; every map is for the COVID-19 logit.
     """
-    from pathlib import Path
-
-    from covidct.atomic import atomic_write_json
-    from covidct.finetune import predict_split
-
     device = device or torch.device("cpu")
     out_dir = Path(out_dir)
     positive = list(label_names).index("COVID-19")
     rows = store.rows("test")
-    probs = predict_split(model, store, "test", device)[:, positive]
+    probs = predict_split(model, store, "test", device)[0][:, positive]
     model.cpu()
     labels = (rows["label"].to_numpy() == positive).astype(int)
     picks = pick_examples(probs, labels, per_kind, seed)
     order = np.concatenate([picks[kind] for kind in KINDS]).astype(np.int64)
     kinds = [kind for kind in KINDS for _ in picks[kind]]
     images = store.read(rows.iloc[order]).astype(np.float32)[:, None] / 255.0
-    maps = class_activation_maps(model, arch, images, positive, methods)
+    maps = class_activation_maps(model, images, positive, methods)
     maps["input gradient"] = _unit_scale(input_gradients(model, images, labels[order]))
     titles = [f"{kind} p={probs[i]:.2f}" for kind, i in zip(kinds, order)]
     save_cam_grid(out_dir / "cams.png", images, maps, titles)
     kernels = first_layer_kernels(model)
-    layer = "patch embedding" if arch.startswith("vit") else "first conv layer"
+    layer = "patch embedding" if model.arch.startswith("vit") else "first conv layer"
     save_image_grid(out_dir / "kernels.png", kernels, f"{title}: {layer}, {len(first_conv(model).weight)} filters")
     examples = {kind: [{"fname": rows["fname"].iat[i], "prob": round(float(probs[i]), 6)} for i in picks[kind]]
                 for kind in KINDS}

@@ -8,7 +8,6 @@ thread waits for.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import queue
@@ -21,21 +20,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
 from covidct.backbones import create_backbone, get_spec
-from covidct.rawdata import SPLITS
+from covidct.classifier import resolve_device, to_model_input
+from covidct.featurefile import schema_for
+from covidct.layout import SPLITS
+from covidct.params import Problems, is_positive_int
 from covidct.store import CropStore
 
+PRECISIONS = ("auto", "fp32", "bf16")
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+
+def check_params(extract: dict) -> list[str]:
+    """The ``extract:`` section."""
+    problems = Problems()
+    problems.require(is_positive_int(extract.get("batch_size")),
+                     f"extract.batch_size={extract.get('batch_size')!r}: a positive integer")
+    problems.require(is_positive_int(extract.get("processes", 1)),
+                     f"extract.processes={extract.get('processes')!r}: a positive integer (1 = no torchrun)")
+    problems.require(extract.get("precision", "auto") in PRECISIONS,
+                     f"extract.precision={extract.get('precision')!r}: choose one of {list(PRECISIONS)}")
+    problems.require(isinstance(extract.get("compile", False), bool),
+                     f"extract.compile={extract.get('compile')!r}: true or false")
+    return problems
 
 
 class Preprocess(torch.nn.Module):
@@ -51,26 +58,6 @@ class Preprocess(torch.nn.Module):
         return to_model_input(images.unsqueeze(1).float().div_(255.0), self.size, self.mean, self.std)
 
 
-def to_model_input(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Gray (N, 1, H, W) in [0, 1] -> resized to size x size, expanded to RGB, normalised: what every backbone eats
-    (the extract stage and the fine-tuned ``Classifier`` alike, so both see identical inputs)."""
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
-    return (x.expand(-1, 3, -1, -1) - mean) / std
-
-
-def schema_for(dim: int, metadata: dict) -> pa.Schema:
-    return pa.schema(
-        [
-            ("fname", pa.string()),
-            ("patient", pa.string()),
-            ("label", pa.int64()),
-            ("features", pa.list_(pa.float32(), dim)),
-        ],
-        metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()},
-    )
-
-
 def library_versions() -> dict:
     import torchvision
 
@@ -82,9 +69,6 @@ def library_versions() -> dict:
         except (ImportError, AttributeError):
             pass
     return versions
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class Engine:
@@ -363,20 +347,3 @@ def _write(writer: pq.ParquetWriter, schema: pa.Schema, buffered: list) -> None:
         schema=schema,
     )
     writer.write_table(table)
-
-
-def _metadata(schema: pa.Schema) -> dict:
-    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-
-
-def read_metadata(path: str | os.PathLike) -> dict:
-    """One split file's schema metadata (backbone, label names, ...), without reading its rows."""
-    return _metadata(pq.read_schema(path))
-
-
-def read_features(path: str | os.PathLike):
-    """(DataFrame without features, float32 array (n, dim), schema metadata dict) from one split file."""
-    table = pq.read_table(path)
-    dim = table.schema.field("features").type.list_size
-    flat = table.column("features").combine_chunks().values.to_numpy(zero_copy_only=False)
-    return table.drop(["features"]).to_pandas(), flat.reshape(-1, dim).astype(np.float32, copy=False), _metadata(table.schema)

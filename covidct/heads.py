@@ -20,6 +20,9 @@ from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
 from torch import nn
 
+from covidct.params import Problems, is_number, is_positive_int
+from covidct.tensorfile import read_safetensors
+
 HEADS: dict[str, type] = {}
 
 
@@ -38,26 +41,37 @@ def create_head(name: str, params: dict, class_weights=None):
     return HEADS[name](params, class_weights)
 
 
+def check_params(heads: dict) -> list[str]:
+    """The ``heads:`` section: registered heads, each with sane settings."""
+    problems = Problems()
+    problems.require(bool(heads), "heads: list at least one head")
+    for name in heads:
+        problems.require(name in HEADS, f"heads.{name}: unknown head; choose from {sorted(HEADS)} "
+                                        "(or register one in covidct/heads.py)")
+    logreg = heads.get("logreg")
+    if isinstance(logreg, dict):
+        problems.require(is_number(logreg.get("C")) and logreg.get("C") > 0,
+                         f"heads.logreg.C={logreg.get('C')!r}: a positive number")
+        problems.require(is_positive_int(logreg.get("max_iter")),
+                         f"heads.logreg.max_iter={logreg.get('max_iter')!r}: a positive integer")
+    mlp = heads.get("mlp")
+    if isinstance(mlp, dict):
+        for key in ("hidden", "epochs", "batch_size", "step_epochs"):
+            problems.require(is_positive_int(mlp.get(key)), f"heads.mlp.{key}={mlp.get(key)!r}: a positive integer")
+        base, top = mlp.get("base_lr"), mlp.get("max_lr")
+        problems.require(is_number(base) and is_number(top) and 0 < base <= top,
+                         f"heads.mlp: need 0 < base_lr <= max_lr, got {base!r}, {top!r}")
+        dropout = mlp.get("dropout")
+        problems.require(is_number(dropout) and 0 <= dropout < 1, f"heads.mlp.dropout={dropout!r}: must be in [0, 1)")
+    return problems
+
+
 def load_head(path: str | Path):
     config = json.loads((Path(path) / "head.json").read_text())
     head = create_head(config["head"], config["params"], config.get("class_weights"))
-    arrays = read_safetensors(Path(path) / "head.safetensors", load_arrays)
+    arrays = read_safetensors(Path(path) / "head.safetensors", load_arrays, "head")
     head.load_state(arrays, config)
     return head
-
-
-def read_safetensors(path: Path, load=None, what: str = "file") -> dict:
-    """Arrays from a safetensors file (which cannot carry code), or an error that says how to get it back.
-    ``load``: safetensors' numpy (default) or torch ``load_file``."""
-    from covidct.rawdata import DataError
-
-    try:
-        return (load or load_arrays)(str(path))
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # safetensors raises its own SafetensorError for truncated or foreign files
-        raise DataError(f"{path}: not a readable safetensors {what} ({type(exc).__name__}: {exc}). "
-                        "Restore it with `dvc checkout` or retrain with `dvc repro`.") from None
 
 
 @dataclass

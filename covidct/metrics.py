@@ -11,11 +11,31 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, brier_score_loss, confusion_matrix, log_loss, roc_auc_score, roc_curve
+from dvclive import Live
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    log_loss,
+    roc_auc_score,
+    roc_curve,
+)
+
+from covidct.atomic import atomic_write_json
+from covidct.params import Problems, is_positive_int
 
 THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
 RANKING_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
 METRICS = THRESHOLD_METRICS + RANKING_METRICS
+
+
+def check_params(evaluate: dict) -> list[str]:
+    """The ``evaluate:`` section."""
+    problems = Problems()
+    for key in ("bootstrap", "calibration_bins"):
+        problems.require(is_positive_int(evaluate.get(key)),
+                         f"evaluate.{key}={evaluate.get(key)!r}: a positive integer")
+    return problems
 
 
 def _ratio(a: float, b: float) -> float:
@@ -179,10 +199,6 @@ def evaluate_and_log(val: pd.DataFrame, test: pd.DataFrame, params: dict, metric
 
     ``val`` and ``test`` hold one row per slice: ``patient``, ``label`` (1 = COVID-19) and ``prob``.
     """
-    from dvclive import Live
-
-    from covidct.atomic import atomic_write_json
-
     result = evaluate(val, test, params["bootstrap"], params["seed"], params["calibration_bins"])
     atomic_write_json(metrics_path, {**result, **(extra or {})})
     names = np.array(["not COVID-19", "COVID-19"])

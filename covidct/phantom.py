@@ -26,7 +26,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from covidct.atomic import atomic_write_text
-from covidct.rawdata import IMAGES_DIR, SPLITS, split_filename
+from covidct.layout import IMAGES_DIR, SPLITS, split_filename
+from covidct.params import Problems, is_positive_int
 
 NORMAL, PNEUMONIA, COVID = 0, 1, 2
 CLASS_NAMES = {NORMAL: "Normal", PNEUMONIA: "Pneumonia", COVID: "COVID-19"}
@@ -244,6 +245,22 @@ def _write_one(args):
     Image.fromarray(image, mode="L").save(root / IMAGES_DIR / spec.fname, optimize=False, compress_level=1)
     Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(root / "masks" / spec.fname, compress_level=1)
     return spec, bbox
+
+
+def check_params(sample: dict) -> list[str]:
+    """The ``sample:`` section (the phantom generator's settings)."""
+    problems = Problems()
+    for key in ("seed", "image_size"):
+        value = sample.get(key)
+        problems.require(is_positive_int(value) or (value == 0 and not isinstance(value, bool)), f"sample.{key}={value!r}: a non-negative integer")
+    patients = sample.get("patients")
+    problems.require(isinstance(patients, dict) and set(patients) == set(SPLITS)
+                     and all(is_positive_int(v) for v in patients.values()),
+                     f"sample.patients={patients!r}: a positive count for each of {list(SPLITS)}")
+    span = sample.get("slices_per_patient")
+    problems.require(isinstance(span, list) and len(span) == 2 and all(is_positive_int(v) for v in span)
+                     and span[0] <= span[1], f"sample.slices_per_patient={span!r}: [min, max], 1 <= min <= max")
+    return problems
 
 
 def generate(root: str | os.PathLike, patients: dict, class_fractions: dict, slices_per_patient=(9, 12),

@@ -5,8 +5,8 @@ model's GradCAM for the COVID-19 logit laid over it. Any PNG or JPEG works: RGB(
 are turned into 8-bit grayscale exactly as the crop stage turned the training slices. Models are trained on slices cropped to the
 body's bounding box (the split files' xmin ymin xmax ymax); pass ``--bbox`` to crop the same way.
 
-    python -m covidct.predict slice.png --model finetune-resnet18-scratch
-    python -m covidct.predict a.png b.jpg --model vgg16-mlp --bbox 10 40 500 470
+    python -m covidct.predict slice.png --model models/finetune/resnet18-scratch
+    python -m covidct.predict a.png b.jpg --model models/vgg16-mlp --bbox 10 40 500 470
 """
 
 from __future__ import annotations
@@ -19,20 +19,20 @@ import numpy as np
 import torch
 
 from covidct import explain, models
-from covidct.crop import Unusable, read_image
+from covidct.images import Unusable, read_image
 
 
 class ImageError(ValueError):
     """An input file is missing or is not an image we can read; the message names the file."""
 
 
-# crop.read_image's reasons, in words for someone scoring their own files
+# images.read_image's reasons, in words for someone scoring their own files
 _WHY = {"missing_file": "no such file", "empty_file": "empty file (0 bytes); re-export or re-download it",
         "not_an_image": "not an image format PIL recognises (expected PNG or JPEG)"}
 
 
 def read_grayscale(path: str | Path) -> np.ndarray:
-    """float32 (H, W) in [0, 1], read and converted by the crop stage's own ``read_image``, so a slice is
+    """float32 (H, W) in [0, 1], read and converted by the crop stage's ``read_image``, so a slice is
     scored exactly as training slices were made (16-bit scaled by its full range, transparency over black)."""
     try:
         gray = read_image(Path(path))
@@ -61,9 +61,10 @@ def save_overlay(path: str | Path, image: np.ndarray, cam: np.ndarray, title: st
     explain.save_figure(fig, path)
 
 
-def predict_files(paths, model_name: str, models_root="models", bbox=None, max_side: int = 512) -> list[dict]:
+def predict_files(paths, model_dir, bbox=None, max_side: int = 512) -> list[dict]:
     """One dict per readable image: path, probability, overlay path; unreadable ones carry an ``error``."""
-    model, config = models.load_model(model_name, models_root)
+    model, config = models.load_model(model_dir)
+    model_name = Path(model_dir).name
     positive = config["label_names"].index("COVID-19")
     results = []
     for path in paths:
@@ -81,7 +82,7 @@ def predict_files(paths, model_name: str, models_root="models", bbox=None, max_s
             x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         with torch.no_grad():
             prob = float(torch.softmax(model(x).double(), 1)[0, positive])
-        cam = explain.class_activation_maps(model, config["arch"], x, positive, methods=("gradcam",))["gradcam"][0]
+        cam = explain.class_activation_maps(model, x, positive, methods=("gradcam",))["gradcam"][0]
         overlay = Path(path).with_name(Path(path).stem + ".cam.png")
         save_overlay(overlay, x[0, 0].numpy(), cam, f"{Path(path).name}: P(COVID-19) = {prob:.3f} ({model_name})")
         results.append({"path": str(path), "prob": prob, "overlay": str(overlay)})
@@ -91,13 +92,13 @@ def predict_files(paths, model_name: str, models_root="models", bbox=None, max_s
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m covidct.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", help="PNG or JPEG files")
-    parser.add_argument("--model", required=True, help="e.g. finetune-resnet18-scratch or vgg16-mlp (see models/)")
-    parser.add_argument("--models-dir", default="models", help="where dvc repro put the models (default: models)")
+    parser.add_argument("--model", required=True, help="a trained model's folder, e.g. models/vgg16-mlp or "
+                                                       "models/finetune/resnet18-scratch")
     parser.add_argument("--bbox", nargs=4, type=int, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
                         help="crop every image to this box first, as the split files do")
     args = parser.parse_args(argv)
     try:
-        results = predict_files(args.images, args.model, args.models_dir, args.bbox)
+        results = predict_files(args.images, args.model, args.bbox)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,33 +1,39 @@
-"""crop stage: split files -> labels, balance -> decoded, bbox-cropped, resized uint8 store in data/crops.
+"""crop stage: split files -> labels, balance -> decoded, bbox-cropped, resized uint8 store.
 
 Unusable slices (missing, empty, corrupt or truncated files; a bbox that is inverted, empty or outside the
-image) are skipped, counted and listed in metrics/data_quality/crop{.json,_skipped.csv}; more than
-crop.max_skipped_fraction of them stops the stage.
+image) are skipped, counted in --summary and listed in --skipped; more than crop.max_skipped_fraction of them
+stops the stage.
 """
 
+import argparse
 import time
+from pathlib import Path
 
-from covidct import cli, crop, params, quality, rawdata
+from covidct import cli, crop, layout, params, quality
 from covidct.atomic import atomic_dir
 
-RAW, OUT = "data/raw", "data/crops"
 
-
-def main() -> None:
-    p = params.load()
-    c, variant = p["crop"], p["data"].get("variant", "3A")
-    table = crop.slice_table(RAW, variant)
+def main(raw: str, out: str, summary: str, skipped: str) -> None:
+    c = params.load(crop=crop.check_params)["crop"]
+    dataset = layout.read_dataset_info(raw)
+    table = crop.slice_table(raw, dataset["variant"])
     table, info = crop.label_and_balance(table, c["classes"], c["balance"], c["seed"])
-    images_root = rawdata.resolve_images_root(RAW)
     start = time.perf_counter()
-    with atomic_dir(OUT) as tmp:
-        meta, skipped = crop.build_store(table, info, images_root, tmp, c["image_size"], c["margin"], c["shard_size"],
-                                         c["workers"], progress=cli.show_progress(), variant=variant)
-        quality.report("crop", len(table), skipped, c["max_skipped_fraction"])  # raises (store discarded) if too many
+    with atomic_dir(out) as tmp:
+        meta, unusable = crop.build_store(table, info, Path(dataset["root"]), tmp, c["image_size"], c["margin"],
+                                          c["shard_size"], c["workers"], progress=cli.show_progress(),
+                                          variant=dataset["variant"])
+        # raises (and the store is discarded) if too many are unusable; the report is written either way
+        quality.report("crop", len(table), unusable, c["max_skipped_fraction"], summary, skipped)
     seconds = time.perf_counter() - start
     print(f"crop: {meta['slices']} slices at {c['image_size']}px in {seconds:.1f}s "
-          f"({meta['slices'] / seconds:.0f} img/s); counts {meta['counts']} -> {OUT}")
+          f"({meta['slices'] / seconds:.0f} img/s); counts {meta['counts']} -> {out}")
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw", required=True, help="the download stage's folder (split files, dataset.json)")
+    parser.add_argument("--out", required=True, help="the crop store to (re)write")
+    parser.add_argument("--summary", required=True, help="data-quality JSON: counts of skipped slices by reason")
+    parser.add_argument("--skipped", required=True, help="data-quality CSV: one row per skipped slice")
+    cli.run(main, **vars(parser.parse_args()))

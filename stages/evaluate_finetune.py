@@ -1,33 +1,31 @@
-"""evaluate_finetune stage, one per fine-tuning run: the same metrics, CIs and plots as the heads get.
+"""evaluate_finetune stage, one per fine-tuning run: the same metrics, CIs and plot data as the heads get."""
 
-Writes metrics/finetune/<run>.json (plus the best epoch) and dvclive/finetune/<run>/evaluate/.
-"""
+import argparse
 
-import sys
-
-from covidct import cli, finetune, metrics, params
-from covidct.features import resolve_device
+from covidct import classifier, cli, metrics, params
 from covidct.store import CropStore
 
 
-def main(run: str) -> None:
-    p = params.load()
-    model, config = finetune.load(f"models/finetune/{run}")
-    store, device = CropStore("data/crops"), resolve_device(p["finetune"]["device"])
+def main(model: str, store: str, out: str, live: str) -> None:
+    p = params.load(evaluate=metrics.check_params)
+    network, config = classifier.load(model)
+    crops, device = CropStore(store), classifier.resolve_device(p.get("finetune", {}).get("device", "auto"))
     positive = config["label_names"].index("COVID-19")
     frames = {}
     for split in ("val", "test"):
-        rows = store.rows(split)
-        probs = finetune.predict_split(model, store, split, device)
+        rows = crops.rows(split)
+        probs = classifier.predict_split(network, crops, split, device)[0]
         frames[split] = rows[["fname", "patient"]].assign(label=(rows["label"] == positive).astype(int).to_numpy(),
                                                           prob=probs[:, positive])
     extra = {"best_epoch": config["best_epoch"], "stopped_epoch": config["stopped_epoch"]}
-    result = metrics.evaluate_and_log(frames["val"], frames["test"], p["evaluate"], f"metrics/finetune/{run}.json",
-                                      f"dvclive/finetune/{run}/evaluate", extra)
-    print(metrics.headline(f"finetune-{run}", result))
+    result = metrics.evaluate_and_log(frames["val"], frames["test"], p["evaluate"], out, live, extra)
+    print(metrics.headline(f"finetune-{config['arch']}-{config['init']}", result))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m stages.evaluate_finetune <arch>-<init>")
-    cli.run(main, sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="the finetune stage's model folder")
+    parser.add_argument("--store", required=True, help="the crop store")
+    parser.add_argument("--metrics", dest="out", required=True, help="metrics JSON to write")
+    parser.add_argument("--live", required=True, help="dvclive folder for the plot data")
+    cli.run(main, **vars(parser.parse_args()))

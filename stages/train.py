@@ -1,55 +1,60 @@
-"""train stage, one per backbone x head: features -> a fitted head in models/<backbone>-<head>/.
+"""train stage, one per backbone x head: features -> a fitted head (+ how to rebuild its backbone).
 
-Prints and saves the reference study's per-epoch table (plots/<backbone>-<head>/epochs.csv, the one file with
-wall-clock times) and logs the same curves through dvclive. Model selection uses validation only.
+Prints and saves the reference study's per-epoch table (--epochs, with wall-clock times) and logs the same curves
+through dvclive (--live). Model selection uses validation only; test features are never read.
 """
 
+import argparse
 import json
-import sys
+from pathlib import Path
 
 import pandas as pd
+from dvclive import Live
 
-from covidct import cli, heads, models, params
+from covidct import cli, featurefile, heads, params
 from covidct.atomic import atomic_dir, atomic_path
-from covidct.features import read_features
+from covidct.errors import ParamsError
 
 
-def main(backbone: str, head: str) -> None:
-    from dvclive import Live
-
-    p = params.load()
-    name = f"{backbone}-{head}"
-    train, x_train, meta = read_features(f"data/features/{backbone}/train.parquet")
-    val, x_val, _ = read_features(f"data/features/{backbone}/val.parquet")
+def main(head: str, features_dir: str, model: str, epochs: str, live: str) -> None:
+    p = params.load(heads=heads.check_params)
+    if head not in p["heads"]:
+        raise ParamsError(f"no heads.{head} in params.yaml; configured: {sorted(p['heads'])}")
+    train, x_train, meta = featurefile.read_features(Path(features_dir) / "train.parquet")
+    val, x_val, _ = featurefile.read_features(Path(features_dir) / "val.parquet")
     label_names = json.loads(meta["label_names"])
     weights = json.loads(meta["class_weights"]) if meta["balance"] == "weighted" else None
-    model = heads.create_head(head, p["heads"][head], weights)
+    fitted = heads.create_head(head, p["heads"][head], weights)
 
-    print(f"train {name}: {len(train)} train / {len(val)} val slices, labels {label_names}, "
+    print(f"train {meta['backbone']}-{head}: {len(train)} train / {len(val)} val slices, labels {label_names}, "
           f"class weights {weights}")
     print(heads.TABLE_HEADER)
-    with Live(f"dvclive/{name}/train", save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    with Live(live, save_dvc_exp=False, dvcyaml=None, report=None) as logger:
 
         def on_epoch(row: heads.EpochRow) -> None:
             print(row.table_row(), flush=True)
-            live.log_metric("train/loss", row.loss)
-            live.log_metric("val/accuracy", row.val_accuracy)
+            logger.log_metric("train/loss", row.loss)
+            logger.log_metric("val/accuracy", row.val_accuracy)
             if row.learning_rate == row.learning_rate:  # logistic regression has no learning rate
-                live.log_metric("learning_rate", row.learning_rate)
-            live.next_step()
+                logger.log_metric("learning_rate", row.learning_rate)
+            logger.next_step()
 
-        result = model.fit(x_train, train["label"].to_numpy(), x_val, val["label"].to_numpy(),
-                           positive=label_names.index("COVID-19"), on_epoch=on_epoch)
-    print(f"train {name}: best epoch {result['best_epoch']} (by val accuracy)")
+        result = fitted.fit(x_train, train["label"].to_numpy(), x_val, val["label"].to_numpy(),
+                            positive=label_names.index("COVID-19"), on_epoch=on_epoch)
+    print(f"train {meta['backbone']}-{head}: best epoch {result['best_epoch']} (by val accuracy)")
 
-    with atomic_path(f"plots/{name}/epochs.csv") as tmp:
+    with atomic_path(epochs) as tmp:
         pd.DataFrame([r.csv_fields() for r in result["rows"]]).to_csv(tmp, index=False)
-    with atomic_dir(f"models/{name}") as tmp:
-        model.save(tmp)
-        models.save_backbone_config(tmp, meta)  # so explain and predict can rebuild backbone + head as one module
+    with atomic_dir(model) as tmp:
+        fitted.save(tmp)
+        featurefile.save_backbone_config(tmp, meta)  # so explain and predict can rebuild backbone + head as one module
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m stages.train <backbone> <head>")
-    cli.run(main, sys.argv[1], sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("head", help="an entry of heads: in params.yaml")
+    parser.add_argument("--features", dest="features_dir", required=True, help="the extract stage's folder")
+    parser.add_argument("--model", required=True, help="model folder to (re)write")
+    parser.add_argument("--epochs", required=True, help="per-epoch table (CSV) to write")
+    parser.add_argument("--live", required=True, help="dvclive folder for the training curves")
+    cli.run(main, **vars(parser.parse_args()))

@@ -22,17 +22,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_sample(tmp_path_factory):
-    """A few phantom patients in the Kaggle layout, at 128 px to stay fast."""
-    from covidct import rawdata
+    """A few phantom patients in the Kaggle layout (images and split files in one folder), at 128 px to stay fast."""
+    from covidct import phantom
 
     out = tmp_path_factory.mktemp("raw")
-    rawdata.prepare(
-        {"source": "sample", "variant": "3A"},
-        {"seed": 1, "image_size": 128, "patients": {"train": 6, "val": 4, "test": 4},
-         "class_fractions": {"normal": 0.5, "pneumonia": 0.0, "covid": 0.5}, "slices_per_patient": [3, 4]},
-        out,
-        progress=False,
-    )
+    phantom.generate(out, patients={"train": 6, "val": 4, "test": 4},
+                     class_fractions={"normal": 0.5, "pneumonia": 0.0, "covid": 0.5}, slices_per_patient=[3, 4],
+                     image_size=128, seed=1, progress=False)
     return out
 
 
@@ -45,7 +41,7 @@ def build_store(raw: Path, out: Path, size: int, shard_size: int, balance: str =
     return out
 
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "covidct", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "covidct", ".dvc/config", ".dvc/.gitignore", ".dvc/plots", ".dvcignore",
                  ".gitignore"]
 
 
@@ -72,3 +68,36 @@ def make_project(work: Path, edit_params) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=work, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "project"], cwd=work, check=True)
     return work
+
+
+def dvc_env() -> dict:
+    """The environment stage commands need: this venv's python first on PATH, no analytics, git identity for
+    `dvc exp run`'s commits."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
+            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+
+
+def dvc(work: Path, *args: str, env: dict | None = None):
+    """Runs the dvc CLI in ``work``; fails the test with its output if it fails."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=work, env=env or dvc_env(),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"dvc {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    return result
+
+
+def stages_run(result) -> set[str]:
+    """The stages a `dvc repro` / `dvc exp run` ran (restored-from-run-cache ones are not counted)."""
+    import re
+
+    return set(re.findall(r"Running stage '([^']+)'", result.stdout))
+
+
+def stale(work: Path, *targets: str, env: dict | None = None) -> dict:
+    """`dvc status` as {stage: changes}, leaving out stages that are only 'always changed' (download)."""
+    import json
+
+    status = json.loads(dvc(work, "status", "--json", *targets, env=env).stdout or "{}")
+    return {stage: changes for stage, changes in status.items() if changes != ["always changed"]}

@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from covidct.archive import kagglehub_extracts_safely, safe_extract
-from covidct.rawdata import DataError
+from covidct.errors import DataError
 
 
 def make_zip(path, members):

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from covidct import backbones
-from covidct.backbones import REGISTRY, WeightsUnavailable, create_backbone
+from covidct.backbones import REGISTRY, create_backbone
+from covidct.errors import WeightsUnavailable
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

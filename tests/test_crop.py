@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from covidct import crop, rawdata, store
-from covidct.rawdata import DataError
+from covidct import crop, layout, store
+from covidct.errors import DataError
 
 
 def test_crop_to_a_known_box(tmp_path):
@@ -20,8 +20,8 @@ def test_crop_to_a_known_box(tmp_path):
 
 
 def test_patient_is_the_name_without_scan_and_slice():
-    assert rawdata.patient_id("NCP_96_1328_0032.png") == "NCP_96"
-    assert rawdata.patient_id("radiopaedia_org_covid-19-pneumonia-7_85703_0-0050.png") == "radiopaedia_org_covid-19-pneumonia-7"
+    assert layout.patient_id("NCP_96_1328_0032.png") == "NCP_96"
+    assert layout.patient_id("radiopaedia_org_covid-19-pneumonia-7_85703_0-0050.png") == "radiopaedia_org_covid-19-pneumonia-7"
 
 
 def _table(rows):
@@ -30,7 +30,7 @@ def _table(rows):
 
 def test_undersampling_balances_train_and_val_never_test():
     rows, line = [], 0
-    for split in rawdata.SPLITS:
+    for split in layout.SPLITS:
         for cls, n in ((0, 30), (1, 5), (2, 10)):
             for i in range(n):
                 line += 1
@@ -64,7 +64,7 @@ def test_malformed_line_names_file_and_line(tmp_path):
     path = tmp_path / "train_COVIDx_CT-3A.txt"
     path.write_text("a_1_1_1.png 0 0 0 5 5\na_1_1_2.png 0 0 5\n")
     with pytest.raises(DataError, match=r"train_COVIDx_CT-3A.txt:2: expected 6 fields"):
-        rawdata.read_split_file(path, "train")
+        layout.read_split_file(path, "train")
 
 
 def test_store_round_trip_in_any_order(tmp_path):

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from covidct import crop, quality, store
-from covidct.rawdata import DataError
+from covidct import crop, quality, sources, store
+from covidct.errors import DataError
+from covidct.images import read_image
 
 CASES = {  # reason -> how a good slice is broken
     "corrupt_image": "truncate",
@@ -67,7 +68,8 @@ def test_each_unusable_slice_is_skipped_counted_and_listed_with_its_line(broken,
     expected = crop.load_crop(images / "3A_images" / last.fname, (last.xmin, last.ymin, last.xmax, last.ymax), 24, 0.0)
     assert np.array_equal(s.image(len(s.index) - 1), expected)
 
-    summary = quality.report("crop", len(table), skipped, max_fraction=0.5, out_dir=tmp_path / "dq")
+    summary = quality.report("crop", len(table), skipped, max_fraction=0.5, json_path=tmp_path / "dq/crop.json",
+                             csv_path=tmp_path / "dq/crop_skipped.csv")
     assert summary["skipped"] == len(CASES) and summary["by_reason"] == {r: 1 for r in sorted(CASES)}
     assert json.loads((tmp_path / "dq/crop.json").read_text()) == summary
     listed = pd.read_csv(tmp_path / "dq/crop_skipped.csv")
@@ -79,7 +81,8 @@ def test_too_many_skips_stop_the_stage_after_writing_the_report(broken, tmp_path
     _, skipped = crop.build_store(table, info, images, tmp_path / "out", size=24, margin=0.0, shard_size=64,
                                   workers=1, progress=False)
     with pytest.raises(DataError) as err:
-        quality.report("crop", len(table), skipped, max_fraction=0.01, out_dir=tmp_path / "dq")
+        quality.report("crop", len(table), skipped, max_fraction=0.01, json_path=tmp_path / "dq/crop.json",
+                       csv_path=tmp_path / "dq/crop_skipped.csv")
     message = str(err.value)
     assert f"crop: 7 of {len(table)} items unusable" in message and "crop.max_skipped_fraction=0.01" in message
     assert "train_COVIDx_CT-3A.txt:" in message and str(tmp_path / "dq/crop_skipped.csv") in message
@@ -117,7 +120,7 @@ def test_valid_images_of_any_mode_are_converted_to_the_same_gray(tmp_path, mode)
         Image.fromarray(gray).convert(mode).save(path)
     with Image.open(path) as im:
         assert im.format == ("JPEG" if mode == "JPEG bytes" else "PNG")
-    out = np.asarray(crop.read_image(path), dtype=np.int16)
+    out = np.asarray(read_image(path), dtype=np.int16)
     error = np.abs(out - gray)
     assert out.shape == gray.shape
     if mode == "JPEG bytes":  # lossy: close on average, a few levels off at sharp edges
@@ -130,7 +133,7 @@ def test_transparent_pixels_become_black(tmp_path):
     rgba = np.dstack([np.full((8, 8), 200, np.uint8)] * 3 + [np.zeros((8, 8), np.uint8)])
     rgba[2:4, 2:4, 3] = 255
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
-    out = np.asarray(crop.read_image(tmp_path / "a.png"))
+    out = np.asarray(read_image(tmp_path / "a.png"))
     assert out[0, 0] == 0 and out[3, 3] == 200
 
 
@@ -176,17 +179,21 @@ def test_the_crop_stage_reports_skips_and_fails_cleanly_beyond_the_limit(tiny_sa
     import yaml
 
     root = Path(__file__).resolve().parents[1]
-    shutil.copytree(tiny_sample, tmp_path / "data/raw")
+    shutil.copytree(tiny_sample, tmp_path / "data/sample")
+    (tmp_path / "data/raw").mkdir()
+    sources.prepare({"source": "sample", "variant": "3A"}, tmp_path / "data/sample", tmp_path / "data/raw")
     victim = crop.slice_table(tiny_sample).iloc[0]
-    (tmp_path / "data/raw/3A_images" / victim.fname).write_bytes(b"")
+    (tmp_path / "data/sample/3A_images" / victim.fname).write_bytes(b"")
     p = yaml.safe_load((root / "params.yaml").read_text())
     p["crop"].update(image_size=16, workers=1, max_skipped_fraction=0.0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     env = {**os.environ, "PYTHONPATH": str(root), "CI": "true"}
 
     def run():
-        return subprocess.run([sys.executable, "-m", "stages.crop"], cwd=tmp_path, env=env, capture_output=True,
-                              text=True)
+        return subprocess.run([sys.executable, "-m", "stages.crop", "--raw", "data/raw", "--out", "data/crops",
+                               "--summary", "metrics/data_quality/crop.json",
+                               "--skipped", "metrics/data_quality/crop_skipped.csv"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True)
 
     failed = run()
     assert failed.returncode == 2 and "Traceback" not in failed.stderr

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from covidct import explain
-from covidct.finetune import build_classifier
+from covidct import backbones, explain
+from covidct.classifier import build_classifier
 
 # (arch, model image size, input size). CNN sizes give a 2x2 last feature map: at 32 px it is 1x1, every CAM
 # is a constant and grad-cam's min-max scaling turns it into zeros, which would test nothing.
@@ -30,7 +30,7 @@ def _images(n, size, seed=0):
 def test_cams_come_back_at_input_size_in_unit_range_also_when_frozen(arch, image_size, input_size):
     model = _model(arch, image_size, frozen=True)
     model.train()
-    maps = explain.class_activation_maps(model, arch, _images(3, input_size), target_class=1)
+    maps = explain.class_activation_maps(model, _images(3, input_size), target_class=1)
     assert list(maps) == list(explain.CAM_METHODS)
     for method, cam in maps.items():
         assert cam.shape == (3, input_size, input_size) and cam.dtype == np.float32, method
@@ -45,7 +45,7 @@ def test_requires_grad_flags_are_left_exactly_as_they_were():
     model = _model("resnet18", 64)
     model.backbone.requires_grad_(False)  # frozen backbone, trainable head
     before = [p.requires_grad for p in model.parameters()]
-    explain.class_activation_maps(model, "resnet18", _images(2, 64), target_class=0, methods=("gradcam",))
+    explain.class_activation_maps(model, _images(2, 64), target_class=0, methods=("gradcam",))
     assert [p.requires_grad for p in model.parameters()] == before
     assert all(p.grad is None for p in model.parameters())
     assert not model.backbone.layer4[-1]._forward_hooks, "grad-cam's hooks are removed"
@@ -55,28 +55,30 @@ def test_gradcam_equals_hirescam_right_before_global_pooling():
     """ResNet's layer4 output goes straight into average pooling and a linear head, so the logit's gradient is
     the same at every position and both methods reduce to sum_k w_k A_k: a check on the layer and the class."""
     model = _model("resnet18", 64)
-    maps = explain.class_activation_maps(model, "resnet18", _images(2, 64), 1, methods=("gradcam", "hirescam"))
+    maps = explain.class_activation_maps(model, _images(2, 64), 1, methods=("gradcam", "hirescam"))
     np.testing.assert_allclose(maps["gradcam"], maps["hirescam"], atol=1e-4)
 
 
 def test_unknown_arch_or_method_lists_the_choices():
     model = _model("efficientnet_lite0", 32)
+    model.arch = "alexnet"
     with pytest.raises(KeyError, match="choose one of"):
-        explain.cam_target("alexnet", model)
+        explain.cam_target(model)
+    model.arch = "efficientnet_lite0"
     with pytest.raises(KeyError, match="choose from"):
-        explain.class_activation_maps(model, "efficientnet_lite0", _images(1, 32), 0, methods=("scorecam",))
+        explain.class_activation_maps(model, _images(1, 32), 0, methods=("scorecam",))
 
 
 def test_vit_reshape_drops_the_class_token():
     tokens = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)  # 1 + 2*2 tokens of width 3
-    grid = explain._vit_tokens_to_map(tokens)
+    grid = backbones.vit_tokens_to_map(tokens)
     assert grid.shape == (2, 3, 2, 2)
     assert torch.equal(grid[:, :, 0, 1], tokens[:, 2, :]) and torch.equal(grid[:, :, 1, 0], tokens[:, 3, :])
 
 
 @pytest.mark.parametrize("arch,shape", [("resnet18", (63, 63, 3)), ("vit_b16", (475, 475, 3))])
 def test_first_layer_kernels_tile_in_unit_range(arch, shape):
-    tiles = explain.first_layer_kernels(_model(arch, 32), arch)
+    tiles = explain.first_layer_kernels(_model(arch, 32))
     assert tiles.shape == shape  # resnet: 64 kernels 7x7 in 8x8; vit: 768 patches 16x16 in 28x28, 1-px gaps
     assert np.isfinite(tiles).all() and tiles.min() == 0.0 and tiles.max() == 1.0
     assert (tiles[7, :] == 1.0).all() if arch == "resnet18" else (tiles[16, :] == 1.0).all()  # the white gap
@@ -138,6 +140,6 @@ def test_figures_are_valid_pngs_with_no_leftovers(tmp_path):
 def test_vgg16_cams_and_kernels():
     """VGG16 builds its 100M-parameter classifier in a few seconds; one test covers its target layer."""
     model = _model("vgg16", 64, frozen=True)
-    maps = explain.class_activation_maps(model, "vgg16", _images(2, 80), target_class=0)
+    maps = explain.class_activation_maps(model, _images(2, 80), target_class=0)
     assert all(cam.shape == (2, 80, 80) and 0 <= cam.min() and cam.max() <= 1 for cam in maps.values())
-    assert explain.first_layer_kernels(model, "vgg16").shape == (31, 31, 3)  # 64 kernels 3x3 in 8x8
+    assert explain.first_layer_kernels(model).shape == (31, 31, 3)  # 64 kernels 3x3 in 8x8

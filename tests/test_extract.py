@@ -1,10 +1,9 @@
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import build_store
 
-from covidct import features
+from covidct import featurefile, features
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +21,8 @@ def test_same_input_gives_identical_features_on_cpu(crop_store, tmp_path):
     run(crop_store, tmp_path / "a")
     run(crop_store, tmp_path / "b")
     for split in ("train", "val", "test"):
-        rows_a, a, _ = features.read_features(tmp_path / "a" / f"{split}.parquet")
-        rows_b, b, _ = features.read_features(tmp_path / "b" / f"{split}.parquet")
+        rows_a, a, _ = featurefile.read_features(tmp_path / "a" / f"{split}.parquet")
+        rows_b, b, _ = featurefile.read_features(tmp_path / "b" / f"{split}.parquet")
         assert rows_a.equals(rows_b)
         assert np.array_equal(a, b)
 
@@ -38,7 +37,7 @@ def test_parquet_layout_order_and_metadata(crop_store, tmp_path):
         schema = pq.read_schema(path)
         assert schema.names == ["fname", "patient", "label", "features"]
         assert schema.field("features").type.list_size == 1280
-        rows, x, meta = features.read_features(path)
+        rows, x, meta = featurefile.read_features(path)
         expected = store.rows(split)
         assert list(rows["fname"]) == list(expected["fname"]) and list(rows["label"]) == list(expected["label"])
         assert x.shape == (len(expected), 1280) and np.isfinite(x).all()
@@ -117,8 +116,8 @@ def test_cuda_extract_matches_cpu_within_bf16_precision(crop_store, tmp_path):
     features.extract(crop_store, tmp_path / "gpu", "resnet18", "none", 32, batch_size=5, device="cuda",
                      row_group_size=7, progress=False)
     for split in ("train", "val", "test"):
-        rows_c, c, _ = features.read_features(tmp_path / "cpu" / f"{split}.parquet")
-        rows_g, g, _ = features.read_features(tmp_path / "gpu" / f"{split}.parquet")
+        rows_c, c, _ = featurefile.read_features(tmp_path / "cpu" / f"{split}.parquet")
+        rows_g, g, _ = featurefile.read_features(tmp_path / "gpu" / f"{split}.parquet")
         assert rows_c.equals(rows_g)
         cosine = (c * g).sum(1) / np.linalg.norm(c, axis=1) / np.linalg.norm(g, axis=1)
         assert cosine.min() > 0.99

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from covidct import crop, finetune, store
+from covidct import classifier, crop, finetune, store
 
 PARAMS = {"seed": 0, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.05, "epochs": 3, "warmup_epochs": 1,
           "patience": 5, "augment": {"scale_min": 0.8, "rotation": 10, "hflip": 0.5}}
@@ -34,29 +34,30 @@ def test_warmup_then_cosine_per_step():
 
 
 def test_dataset_gives_unit_range_images_at_the_model_size(tiny_store):
-    plain = finetune.SliceDataset(tiny_store, "val", 32)
-    x, y = plain[0]
-    assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and 0.0 <= x.min() <= x.max() <= 1.0
-    assert y == tiny_store.rows("val")["label"].iat[0]
-    augmented = finetune.SliceDataset(tiny_store, "train", 32, PARAMS["augment"])
+    # unaugmented (evaluation) batches: unit range at the store's size, resized inside the Classifier
+    x, y = next(classifier.store_batches(tiny_store, "val", 4))
+    assert x.shape == (4, 1, 40, 40) and x.dtype == torch.float32 and 0.0 <= x.min() <= x.max() <= 1.0
+    assert y[0] == tiny_store.rows("val")["label"].iat[0]
+    augmented = finetune.AugmentedSlices(tiny_store, "train", 32, PARAMS["augment"])
     torch.manual_seed(0)
     a = augmented[0][0]
     torch.manual_seed(0)
     assert torch.equal(a, augmented[0][0]), "augmentation follows torch's seed"
-    assert a.shape == (1, 32, 32)
+    assert a.shape == (1, 32, 32) and a.dtype == torch.float32 and 0.0 <= a.min() <= a.max() <= 1.0
+    assert augmented[0][1] == tiny_store.rows("train")["label"].iat[0]
 
 
 def test_classifier_takes_grayscale_of_any_size():
-    model = finetune.build_classifier("resnet18", "scratch", 2, 32).eval()
+    model = classifier.build_classifier("resnet18", "scratch", 2, 32).eval()
     with torch.no_grad():
         assert model(torch.rand(3, 1, 32, 32)).shape == (3, 2)
         assert model(torch.rand(2, 1, 57, 57)).shape == (2, 2)
     with pytest.raises(ValueError, match="scratch"):
-        finetune.build_classifier("resnet18", "random", 2, 32)
+        classifier.build_classifier("resnet18", "random", 2, 32)
 
 
 def test_short_run_logs_every_split_keeps_the_best_val_epoch_and_round_trips(tiny_store, tmp_path):
-    model = finetune.build_classifier("resnet18", "scratch", 2, 32)
+    model = classifier.build_classifier("resnet18", "scratch", 2, 32)
     logs = []
     result = finetune.train(model, tiny_store, PARAMS, torch.device("cpu"), on_epoch=logs.append)
     assert [log.epoch for log in logs] == [1, 2, 3]
@@ -66,21 +67,22 @@ def test_short_run_logs_every_split_keeps_the_best_val_epoch_and_round_trips(tin
         assert 0.0 <= log.test_accuracy <= 1.0
     best = min(logs, key=lambda log: log.val_loss)
     assert result["best_epoch"] == best.epoch
-    loader = torch.utils.data.DataLoader(finetune.SliceDataset(tiny_store, "val", 32), batch_size=8)
-    probs, loss = finetune.predict(model, loader, torch.device("cpu"), torch.nn.CrossEntropyLoss())
+    loss_fn = torch.nn.CrossEntropyLoss()
+    probs, loss = classifier.predict_split(model, tiny_store, "val", torch.device("cpu"), 8, loss_fn)
     assert loss == pytest.approx(best.val_loss, rel=1e-5), "the best epoch's weights are the ones left loaded"
 
-    finetune.save(model, tmp_path / "ckpt", {"arch": "resnet18", "init": "scratch", "label_names": ["Normal", "COVID-19"],
-                                             "best_epoch": result["best_epoch"]})
+    config = {"arch": "resnet18", "init": "scratch", "label_names": ["Normal", "COVID-19"],
+              "best_epoch": result["best_epoch"]}
+    classifier.save(model, tmp_path / "ckpt", config)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["model.json", "model.safetensors"]
-    again, config = finetune.load(tmp_path / "ckpt")
+    again, config = classifier.load(tmp_path / "ckpt")
     assert config["best_epoch"] == result["best_epoch"] and config["image_size"] == 32
-    again_probs, _ = finetune.predict(again, loader, torch.device("cpu"))
+    again_probs, _ = classifier.predict(again, classifier.store_batches(tiny_store, "val", 8), torch.device("cpu"))
     np.testing.assert_array_equal(again_probs, probs)
 
 
 def test_early_stopping_on_val_loss(tiny_store):
-    model = finetune.build_classifier("resnet18", "scratch", 2, 32)
+    model = classifier.build_classifier("resnet18", "scratch", 2, 32)
     logs = []
     params = {**PARAMS, "epochs": 30, "patience": 1, "lr": 0.5}  # a rate that cannot keep improving val loss
     result = finetune.train(model, tiny_store, params, torch.device("cpu"), on_epoch=logs.append)

@@ -1,6 +1,6 @@
 """The demo's fine-tuned ResNet-18, trained here from scratch: >= 90 % on the sample, CAMs on the lesions.
 
-The fixture runs what the download, crop and finetune@resnet18-scratch stages run, with the committed
+The fixture runs what the sample, download, crop and finetune@resnet18-scratch stages run, with the committed
 params.yaml (the embedded sample, its crop size, the run's recipe), so the test checks the shipped defaults.
 CAMs of COVID-19 test slices are then compared with the generator's lesion masks, cropped and resized exactly
 as the crop store was. A CAM cannot be sharper than the feature map it comes from: at the demo's 96 px,
@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from covidct import crop, explain, finetune, params, rawdata, store
+from covidct import classifier, crop, explain, finetune, layout, params, phantom, sources, store
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN, STRIDE = "resnet18-scratch", 32  # ResNet-18's layer4 has stride 32
@@ -25,19 +25,25 @@ RUN, STRIDE = "resnet18-scratch", 32  # ResNet-18's layer4 has stride 32
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    p = params.load(ROOT / "params.yaml")
+    p = params.load(ROOT / "params.yaml", data=sources.check_params, sample=phantom.check_params,
+                    crop=crop.check_params, finetune=finetune.check_params)
     assert p["data"]["source"] == "sample"
     root = tmp_path_factory.mktemp("demo")
-    rawdata.prepare(p["data"], p["sample"], root / "raw", progress=False)
-    c = p["crop"]
+    s = p["sample"]
+    phantom.generate(root / "sample", patients=s["patients"], class_fractions=s["class_fractions"],
+                     slices_per_patient=s["slices_per_patient"], image_size=s["image_size"], seed=s["seed"],
+                     progress=False)
+    (root / "raw").mkdir()
+    sources.prepare(p["data"], root / "sample", root / "raw")
+    dataset, c = layout.read_dataset_info(root / "raw"), p["crop"]
     table, info = crop.label_and_balance(crop.slice_table(root / "raw"), c["classes"], c["balance"], c["seed"])
-    crop.build_store(table, info, root / "raw", root / "crops", c["image_size"], c["margin"], c["shard_size"],
-                     c["workers"], progress=False)
+    crop.build_store(table, info, Path(dataset["root"]), root / "crops", c["image_size"], c["margin"],
+                     c["shard_size"], c["workers"], progress=False)
     crops = store.CropStore(root / "crops")
     recipe = finetune.recipe(p["finetune"], RUN)
     torch.set_num_threads(p["finetune"]["num_threads"] or torch.get_num_threads())
     torch.manual_seed(recipe["seed"])  # as stages/finetune.py seeds the initial weights
-    model = finetune.build_classifier(recipe["arch"], recipe["init"], 2, recipe["image_size"])
+    model = classifier.build_classifier(recipe["arch"], recipe["init"], 2, recipe["image_size"])
     result = finetune.train(model, crops, recipe, torch.device("cpu"))
     return root, crops, model.eval(), recipe, result
 
@@ -63,16 +69,16 @@ def peak_cell_hits(cams: np.ndarray, masks: np.ndarray, grid: int) -> tuple[np.n
 @pytest.mark.slow
 def test_resnet18_from_scratch_reaches_90_percent_and_its_cams_peak_on_lesions(trained):
     root, crops, model, recipe, result = trained
-    probs = finetune.predict_split(model, crops, "test", torch.device("cpu"))
+    probs, _ = classifier.predict_split(model, crops, "test", torch.device("cpu"))
     rows = crops.rows("test")
     accuracy = float((probs.argmax(1) == rows["label"].to_numpy()).mean())
     assert accuracy >= 0.9, f"ResNet-18 from scratch: test accuracy {accuracy:.1%} (best epoch {result['best_epoch']})"
 
     covid = rows[rows["label"] == 1]
     images = crops.read(covid).astype(np.float32)[:, None] / 255.0
-    masks = lesion_masks(root / "raw", covid, crops.size)
+    masks = lesion_masks(root / "sample", covid, crops.size)  # the generator's masks, beside its images
     assert masks.any(axis=(1, 2)).all(), "every COVID-19 phantom slice has a lesion"
-    maps = explain.class_activation_maps(model, "resnet18", images, target_class=1)
+    maps = explain.class_activation_maps(model, images, target_class=1)
     for method in ("gradcam", "hirescam"):
         cams = maps[method]
         assert cams.shape == (len(covid), crops.size, crops.size), "a CAM has the input's spatial size"

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidct import phantom, rawdata
+from covidct import layout, phantom
 from covidct.params import load
 
 
 def default_sample_params():
-    return load(Path(__file__).resolve().parents[1] / "params.yaml")["sample"]
+    return load(Path(__file__).resolve().parents[1] / "params.yaml", sample=phantom.check_params)["sample"]
 
 
 def test_default_sample_has_a_big_enough_patient_disjoint_test_split():
@@ -18,7 +18,7 @@ def test_default_sample_has_a_big_enough_patient_disjoint_test_split():
     binary_test = [x for x in specs if x.split == "test" and x.cls != phantom.PNEUMONIA]
     assert len(binary_test) >= 300
     assert len({x.patient for x in binary_test}) >= 30
-    patients = {split: {x.patient for x in specs if x.split == split} for split in rawdata.SPLITS}
+    patients = {split: {x.patient for x in specs if x.split == split} for split in layout.SPLITS}
     assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"]
     assert not patients["val"] & patients["test"]
 

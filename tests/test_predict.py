@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from covidct import finetune, predict
+from covidct import classifier, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["Normal", "COVID-19"]
@@ -19,10 +19,13 @@ LABELS = ["Normal", "COVID-19"]
 def models_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    model = finetune.build_classifier("resnet18", "scratch", 2, 64)
-    finetune.save(model, root / "finetune" / "resnet18-scratch",
-                  {"arch": "resnet18", "init": "scratch", "label_names": LABELS, "best_epoch": 1})
+    model = classifier.build_classifier("resnet18", "scratch", 2, 64)
+    classifier.save(model, root / "finetune" / "resnet18-scratch",
+                    {"arch": "resnet18", "init": "scratch", "label_names": LABELS, "best_epoch": 1})
     return root
+
+
+MODEL = Path("finetune") / "resnet18-scratch"  # below models_root, as models/finetune/resnet18-scratch
 
 
 @pytest.fixture()
@@ -36,8 +39,8 @@ def slice_8bit():
     return image
 
 
-def run(paths, model="finetune-resnet18-scratch", root=None):
-    return predict.predict_files(paths, model, root)
+def run(paths, root):
+    return predict.predict_files(paths, root / MODEL)
 
 
 def test_rgba_palette_16bit_and_gray_give_the_same_probability(tmp_path, models_root, slice_8bit):
@@ -48,7 +51,7 @@ def test_rgba_palette_16bit_and_gray_give_the_same_probability(tmp_path, models_
     Image.fromarray(slice_8bit.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # 0..65535, mode I;16
     Image.fromarray(slice_8bit, mode="L").convert("P").save(tmp_path / "palette.png")
     assert Image.open(tmp_path / "sixteen.png").mode.startswith("I")
-    results = run([gray, tmp_path / "rgba.png", tmp_path / "sixteen.png", tmp_path / "palette.png"], root=models_root)
+    results = run([gray, tmp_path / "rgba.png", tmp_path / "sixteen.png", tmp_path / "palette.png"], models_root)
     probs = [r["prob"] for r in results]
     assert 0.0 <= probs[0] <= 1.0
     assert probs == pytest.approx([probs[0]] * 4, abs=1e-6)
@@ -73,7 +76,7 @@ def test_jpeg_of_any_size_and_rgb_mode(tmp_path, models_root, slice_8bit):
     big.save(tmp_path / "scan.jpg", quality=95)
     small_jpeg = tmp_path / "small.jpeg"
     Image.fromarray(slice_8bit, mode="L").save(small_jpeg, quality=95)
-    ref, jpeg, small = run([tmp_path / "ref.png", tmp_path / "scan.jpg", small_jpeg], root=models_root)
+    ref, jpeg, small = run([tmp_path / "ref.png", tmp_path / "scan.jpg", small_jpeg], models_root)
     assert small["prob"] == pytest.approx(ref["prob"], abs=0.05), "JPEG artefacts move the probability a little, no more"
     assert 0.0 <= jpeg["prob"] <= 1.0 and Path(jpeg["overlay"]).is_file()
 
@@ -86,8 +89,7 @@ def test_bad_files_are_named_and_the_rest_still_scored(tmp_path, models_root, sl
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(good.read_bytes()[:200])
     cmd = [sys.executable, "-m", "covidct.predict", str(good), str(tmp_path / "notes.png"), str(tmp_path / "empty.png"),
-           str(truncated), str(tmp_path / "missing.png"), "--model", "finetune-resnet18-scratch",
-           "--models-dir", str(models_root)]
+           str(truncated), str(tmp_path / "missing.png"), "--model", str(models_root / MODEL)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1
     assert "good.png\tP(COVID-19)=" in result.stdout
@@ -98,19 +100,20 @@ def test_bad_files_are_named_and_the_rest_still_scored(tmp_path, models_root, sl
     assert "Traceback" not in result.stderr
 
 
-def test_unknown_model_lists_the_trained_ones(tmp_path, models_root, slice_8bit):
+def test_a_folder_without_a_model_is_named_with_what_a_model_folder_holds(tmp_path, models_root, slice_8bit):
     Image.fromarray(slice_8bit, mode="L").save(tmp_path / "x.png")
-    result = subprocess.run([sys.executable, "-m", "covidct.predict", str(tmp_path / "x.png"), "--model", "vgg16-mlp",
-                             "--models-dir", str(models_root)], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "covidct.predict", str(tmp_path / "x.png"), "--model",
+                             str(models_root / "vgg16-mlp")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "no model 'vgg16-mlp'" in result.stderr and "finetune-resnet18-scratch" in result.stderr
+    assert f"{models_root / 'vgg16-mlp'}/ is not a trained model folder" in result.stderr
+    assert "model.json" in result.stderr and "head.json" in result.stderr
 
 
 def test_bbox_crops_first_and_is_checked(tmp_path, models_root, slice_8bit):
     Image.fromarray(slice_8bit, mode="L").save(tmp_path / "x.png")
-    (crop,) = predict.predict_files([tmp_path / "x.png"], "finetune-resnet18-scratch", models_root, bbox=(5, 10, 70, 90))
+    (crop,) = predict.predict_files([tmp_path / "x.png"], models_root / MODEL, bbox=(5, 10, 70, 90))
     Image.fromarray(slice_8bit[10:90, 5:70], mode="L").save(tmp_path / "pre.png")
-    (pre,) = run([tmp_path / "pre.png"], root=models_root)
+    (pre,) = run([tmp_path / "pre.png"], models_root)
     assert crop["prob"] == pytest.approx(pre["prob"], abs=1e-6)
-    (bad,) = predict.predict_files([tmp_path / "x.png"], "finetune-resnet18-scratch", models_root, bbox=(5, 10, 700, 90))
+    (bad,) = predict.predict_files([tmp_path / "x.png"], models_root / MODEL, bbox=(5, 10, 700, 90))
     assert "is not inside the 80x96 image" in bad["error"]

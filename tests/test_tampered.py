@@ -7,9 +7,9 @@ import pickle
 import pytest
 import torch
 
-from covidct import finetune, heads
-from covidct.backbones import WeightsUnavailable, create_backbone
-from covidct.rawdata import DataError
+from covidct import classifier, heads
+from covidct.backbones import create_backbone
+from covidct.errors import DataError, WeightsUnavailable
 
 
 class Payload:
@@ -54,12 +54,12 @@ def test_a_truncated_weights_file_says_partial_download(torch_home):
 
 
 def test_a_pickle_in_place_of_a_model_checkpoint_is_refused(tmp_path):
-    model = finetune.build_classifier("resnet18", "scratch", 2, 32)
-    finetune.save(model, tmp_path / "ft", {"arch": "resnet18", "init": "scratch", "label_names": ["Normal", "COVID-19"]})
+    model = classifier.build_classifier("resnet18", "scratch", 2, 32)
+    classifier.save(model, tmp_path / "ft", {"init": "scratch", "label_names": ["Normal", "COVID-19"]})
     marker = tmp_path / "pwned"
     (tmp_path / "ft/model.safetensors").write_bytes(pickle.dumps(Payload(marker)))
     with pytest.raises(DataError, match=r"model.safetensors: not a readable safetensors checkpoint.*dvc checkout"):
-        finetune.load(tmp_path / "ft")
+        classifier.load(tmp_path / "ft")
 
     import numpy as np
 
@@ -68,6 +68,6 @@ def test_a_pickle_in_place_of_a_model_checkpoint_is_refused(tmp_path):
     head.fit(x, y, x, y, positive=1)
     head.save(tmp_path / "head")
     (tmp_path / "head/head.safetensors").write_bytes(pickle.dumps(Payload(marker)))
-    with pytest.raises(DataError, match=r"head.safetensors: not a readable safetensors file"):
+    with pytest.raises(DataError, match=r"head.safetensors: not a readable safetensors head"):
         heads.load_head(tmp_path / "head")
     assert not marker.exists()

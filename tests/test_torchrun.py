@@ -10,10 +10,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import build_store
 
-from covidct import features
+from covidct import featurefile, features
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,8 +30,9 @@ def run_stage(work: Path, processes: int) -> subprocess.CompletedProcess:
     params["backbones"]["resnet18"].update(weights="none", image_size=32)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "stages.extract", "resnet18"], cwd=work, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "stages.extract", "resnet18", "--store", "data/crops",
+                             "--out", "data/features/resnet18"], cwd=work, env=env, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -48,8 +48,8 @@ def test_two_processes_give_the_rows_and_features_of_one(project):
     assert sorted(p.name for p in out.iterdir()) == ["test.parquet", "train.parquet", "val.parquet"]
     assert not [p for p in project.joinpath("data/features").iterdir() if p.name.startswith(".tmp-")]
     for split in ("train", "val", "test"):
-        rows_1, x_1, meta_1 = features.read_features(single / f"{split}.parquet")
-        rows_2, x_2, meta_2 = features.read_features(out / f"{split}.parquet")
+        rows_1, x_1, meta_1 = featurefile.read_features(single / f"{split}.parquet")
+        rows_2, x_2, meta_2 = featurefile.read_features(out / f"{split}.parquet")
         assert len(rows_1) >= 4 and rows_1.equals(rows_2)  # same rows, same order
         np.testing.assert_allclose(x_2, x_1, rtol=0, atol=1e-5)
         assert meta_1 == meta_2

@@ -119,12 +119,8 @@ def test_every_plot_the_workflow_names_is_a_top_level_plot_in_dvc_yaml():
     ids = plot_ids()
     scripts = "\n".join(step.get("run", "") for step in report_job()["steps"])
     targets = plots_diff_targets(scripts) + re.findall(r'^\s*render "([^"$]+)"', scripts, re.M)
-    assert {"ROC curve", "Precision-recall curve", "Confusion matrix"} <= set(targets)
+    assert {"ROC curve", "Precision-recall curve", "Confusion matrices"} <= set(targets)
     for target in targets:
         assert matching(target, ids), f"--targets {target!r} matches no top-level plot in dvc.yaml"
-    # The per-model confusion-matrix targets come from dvc.yaml at run time: one plot each, all of them.
-    (code,) = re.findall(r"python -c '(.*?)' > confusion_targets.txt", scripts, re.S)
-    printed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True,
-                             text=True).stdout.splitlines()
-    confusion = [plot_id for plot_id in ids if plot_id.startswith("Confusion matrix")]
-    assert len(confusion) >= 2 and [matching(target, ids) for target in printed] == [[c] for c in confusion]
+    for target in ("ROC curve", "Precision-recall curve", "Confusion matrices"):  # each renders one chart
+        assert len(matching(target, ids)) == 1, target
