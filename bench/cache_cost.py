@@ -43,6 +43,7 @@ def main(argv=None) -> None:
     parser.add_argument("--slices", type=int, default=20_000)
     parser.add_argument("--crop-size", type=int, default=384)
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "covidct-bench-cache"))
+    parser.add_argument("--cache-type", help="instead of the project's, e.g. hardlink, for comparison")
     parser.add_argument("--out", default="bench/results/cache-cost.json")
     args = parser.parse_args(argv)
 
@@ -55,6 +56,9 @@ def main(argv=None) -> None:
     for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
         subprocess.run(command, cwd=repo, check=True, env=env)
     shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
+    if args.cache_type:
+        subprocess.run([sys.executable, "-m", "dvc", "config", "cache.type", args.cache_type], cwd=repo, check=True,
+                       env=env)
     store = build_crop_store(raw, repo / "crops", args.crop_size)
     workspace = allocated_bytes(repo / "crops")
     subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "crops"], cwd=repo, check=True, env=env)
