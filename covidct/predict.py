@@ -64,7 +64,8 @@ def save_overlay(path: str | Path, image: np.ndarray, cam: np.ndarray, title: st
 def predict_files(paths, model_dir, bbox=None, max_side: int = 512) -> list[dict]:
     """One dict per readable image: path, probability, overlay path; unreadable ones carry an ``error``."""
     model, config = models.load_model(model_dir)
-    model_name = Path(model_dir).name
+    # the pipeline's model names: <backbone>-<head>, finetune-<arch>-<init>
+    model_name = f"finetune-{config['arch']}-{config['init']}" if "init" in config else Path(model_dir).name
     positive = config["label_names"].index("COVID-19")
     results = []
     for path in paths:
