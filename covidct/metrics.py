@@ -167,9 +167,13 @@ def _round(v) -> float | None:
 
 
 def youden_threshold(y, p) -> float:
-    """The probability cut maximising sensitivity + specificity - 1 (Youden's J) on these data."""
-    fpr, tpr, thresholds = roc_curve(y, p)
-    return float(np.clip(thresholds[int(np.argmax(tpr - fpr))], 0.0, 1.0))
+    """The probability cut maximising sensitivity + specificity - 1 (Youden's J) on these data.
+
+    Ties are broken by a rule, not by rounding: J is compared at 12 decimals (0.3 - 0.1 and 0.5 - 0.3 are one
+    value), and among equal J the highest cut wins (the most specific of the equally good operating points).
+    """
+    fpr, tpr, thresholds = roc_curve(y, p)  # thresholds in decreasing order: argmax's first hit is the highest
+    return float(np.clip(thresholds[int(np.argmax(np.round(tpr - fpr, 12)))], 0.0, 1.0))
 
 
 def patient_level(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """finetune stage, one per run <arch>-<init>: the whole network trained on the crop store.
 
 Prints one line per epoch and logs train / val / test loss and accuracy through dvclive (test is shown, never
-used for a choice); --epochs holds the same rows with wall-clock seconds. The lowest-val-loss epoch is kept and
+used for a choice); --epochs holds the same rows (timings only in the log, so reruns write identical bytes). The lowest-val-loss epoch is kept and
 saved to --model (safetensors + JSON).
 """
 
@@ -47,8 +47,8 @@ def main(run: str, store: str, model: str, epochs: str, live: str) -> None:
     print(f"finetune {run}: best epoch {result['best_epoch']} of {result['stopped_epoch']} by val loss "
           f"(val loss {best.val_loss:.4f}, val accuracy {best.val_accuracy:.2%})")
 
-    with atomic_path(epochs) as tmp:
-        pd.DataFrame([asdict(log) for log in result["logs"]]).round(6).to_csv(tmp, index=False)
+    with atomic_path(epochs) as tmp:  # without wall-clock seconds (printed above): reruns give identical bytes
+        pd.DataFrame([asdict(log) for log in result["logs"]]).drop(columns="seconds").round(6).to_csv(tmp, index=False)
     config = {"init": cfg["init"], "label_names": label_names, "recipe": cfg,
               "best_epoch": result["best_epoch"], "stopped_epoch": result["stopped_epoch"]}
     with atomic_dir(model) as tmp:

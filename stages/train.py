@@ -1,7 +1,7 @@
 """train stage, one per backbone x head: features -> a fitted head (+ how to rebuild its backbone).
 
-Prints and saves the reference study's per-epoch table (--epochs, with wall-clock times) and logs the same curves
-through dvclive (--live). Model selection uses validation only; test features are never read.
+Prints the reference study's per-epoch table (with wall-clock times), saves it without them (--epochs: a rerun
+writes identical bytes) and logs the same curves through dvclive (--live). Model selection uses validation only; test features are never read.
 """
 
 import argparse
@@ -41,7 +41,8 @@ def main(head: str, features_dir: str, model: str, epochs: str, live: str) -> No
 
         result = fitted.fit(x_train, train["label"].to_numpy(), x_val, val["label"].to_numpy(),
                             positive=label_names.index("COVID-19"), on_epoch=on_epoch)
-    print(f"train {meta['backbone']}-{head}: best epoch {result['best_epoch']} (by val accuracy)")
+    converged = f"; converged in {result['converged_in']}" if "converged_in" in result else ""
+    print(f"train {meta['backbone']}-{head}: best epoch {result['best_epoch']} (by val accuracy){converged}")
 
     with atomic_path(epochs) as tmp:
         pd.DataFrame([r.csv_fields() for r in result["rows"]]).to_csv(tmp, index=False)

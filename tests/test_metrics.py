@@ -147,3 +147,25 @@ def test_resamples_without_one_class_give_nan_ranking_metrics():
     out = metrics.resampled_metrics(y, p, np.array([[1.0, 2.0, 0.0, 0.0]]))
     assert np.isnan(out["roc_auc"][0]) and np.isnan(out["pr_auc"][0]) and np.isnan(out["sensitivity"][0])
     assert out["specificity"][0] == 1.0
+
+
+
+def test_youden_ties_go_to_the_highest_threshold_whatever_the_rounding():
+    """Against the rule computed in exact fractions: the highest cut among those with the largest J."""
+    from fractions import Fraction
+
+    def rule(y, p):
+        best = None
+        for cut in [np.inf, *sorted(set(p), reverse=True)]:  # inf: call nothing positive, J = 0
+            hit = p >= cut
+            j = Fraction(int((hit & (y == 1)).sum()), int((y == 1).sum())) - \
+                Fraction(int((hit & (y == 0)).sum()), int((y == 0).sum()))
+            if best is None or j > best[0]:
+                best = (j, cut)
+        return min(best[1], 1.0)
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # few distinct scores and 10 of each class: ties of J (0.3 - 0.1 vs 0.5 - 0.3) abound
+        y = np.array([1] * 10 + [0] * 10)
+        p = rng.integers(1, 8, 20) / 8
+        assert metrics.youden_threshold(y, p) == rule(y, p), (y, p)

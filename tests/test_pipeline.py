@@ -149,6 +149,20 @@ def test_backbones_come_and_go_through_params_alone(project):
 
 
 @pytest.mark.slow
+def test_a_forced_rerun_of_every_kind_of_stage_writes_identical_outputs(project):
+    """No timings or other run-to-run noise in tracked outputs: dvc.lock (every output's hash) stays the same."""
+    if not (project / "metrics/summary.md").exists():
+        repro(project)
+    repro(project)
+    before = (project / "dvc.lock").read_text()
+    one_of_each = ["sample", "download", "crop", "extract@resnet18", "train@resnet18-logreg", "train@resnet18-mlp",
+                   "evaluate@resnet18-mlp", "finetune@resnet18-scratch", "evaluate_finetune@resnet18-scratch",
+                   "explain@resnet18-mlp", "explain_finetune@resnet18-scratch", "report"]
+    assert stages_run(dvc(project, "repro", "--force", "--single-item", *one_of_each)) == set(one_of_each)
+    assert (project / "dvc.lock").read_text() == before
+
+
+@pytest.mark.slow
 def test_every_plot_renders_in_dvc_plots_show(project):
     """Runs after the repro above (same module fixture): each declared plot is in the HTML, every model in it."""
     if not (project / "metrics/summary.md").exists():
