@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import dvc, make_project, stages_run
+from conftest import dvc, dvc_env, make_project, stages_run
 from test_dvc_yaml import closure, stage_groups, stage_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +149,43 @@ def test_backbones_come_and_go_through_params_alone(project):
 
 
 @pytest.mark.slow
+def test_a_one_parameter_experiment_reads_at_a_glance(project):
+    """After `dvc exp run -S heads.logreg.C=...` (five models change), `dvc exp show --only-changed` fits in 40
+    columns, and `python -m covidct.compare` prints every backbone x head of both rows with CIs in 120 characters."""
+    import csv
+    import subprocess
+    import sys
+
+    if not (project / "metrics/summary.md").exists():
+        repro(project)
+    repro(project)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "baseline"], cwd=project, check=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert exp_run(project, "heads.logreg.C=0.05") == ALWAYS | {"report"} | stages_of(params, heads=["logreg"])
+
+    table = list(csv.reader(dvc(project, "exp", "show", "--only-changed", "--csv").stdout.splitlines()))
+    columns = table[0]
+    print(f"dvc exp show --only-changed --csv: {len(columns)} columns: {columns}")
+    assert len(columns) <= 40, f"{len(columns)} columns: {columns}"
+    assert any(c.endswith("heads.logreg.C") for c in columns)
+    changed = {c.split(".")[0] for c in columns if "-" in c.split(".")[0] and "/" not in c}  # not deps' paths
+    assert changed and changed <= {f"{b}-logreg" for b in params["backbones"]}, columns
+
+    out = subprocess.run([sys.executable, "-m", "covidct.compare"], cwd=project, capture_output=True, text=True,
+                         env={**dvc_env(), "PYTHONPATH": str(project)}, check=True).stdout
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 120, out
+    blocks = [line for line in lines if line.startswith("== ")]
+    assert blocks[0] == "== workspace" and len(blocks) == 3, out  # the workspace, HEAD, and the experiment by name
+    vgg, vit = (next(i for i, line in enumerate(lines) if line.startswith(f"{b} ")) for b in ("vgg16", "vit_b16"))
+    assert vit == vgg + 1, "VGG16 and ViT-B/16 next to each other"
+    assert re.search(r"^vgg16 +\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] ", lines[vgg]), lines[vgg]
+    assert "logreg: ROC AUC" in out and "mlp: ROC AUC" in out and "resnet18-scratch" in out
+
+
+@pytest.mark.slow
 def test_a_forced_rerun_of_every_kind_of_stage_writes_identical_outputs(project):
     """No timings or other run-to-run noise in tracked outputs: dvc.lock (every output's hash) stays the same."""
     if not (project / "metrics/summary.md").exists():
@@ -178,6 +215,63 @@ def test_every_plot_renders_in_dvc_plots_show(project):
     for model in [f"{b}-{h}" for b in params["backbones"] for h in params["heads"]] + [
             f"finetune-{run}" for run in params["finetune"]["runs"]]:
         assert f'"model": "{model}"' in html, f"{model} missing from the overlaid plots"
+
+
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "chrome-headless-shell")
+
+
+def offline_dom(html: Path) -> str:
+    """The page as a headless Chromium renders it with every host unresolvable and no proxy reachable."""
+    import shutil
+    import subprocess
+
+    browser = next((b for b in map(shutil.which, BROWSERS) if b), None)
+    if browser is None:
+        pytest.skip("no headless Chromium on PATH (`make test` installs chromium-headless-shell where it can: "
+                    "as root with apt-get)")
+    result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND",
+                             "--proxy-server=127.0.0.1:9", "--virtual-time-budget=20000", "--dump-dom", html.as_uri()],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def charts(dom: str) -> dict[str, str]:
+    """Plot id (DVC's div id) -> the SVG that Vega drew into it; images and empty divs map to ''."""
+    found = {}
+    for part in dom.split('<div id="')[1:]:
+        svg = re.search(r"<svg.*?</svg>", part.split('<div id="')[0], re.DOTALL)
+        found[part.split('"', 1)[0]] = svg.group(0) if svg else ""
+    return found
+
+
+@pytest.mark.slow
+def test_plots_render_offline_in_a_headless_browser(project):
+    """`dvc plots show` and `dvc plots diff` pages draw every chart with no network (bundled Vega, .dvc/config's
+    plots.html_template), each model in its own legend entry, confusion cells with their counts, images loaded."""
+    if not (project / "metrics/summary.md").exists():
+        repro(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    models = [f"{b}-{h}" for b in params["backbones"] for h in params["heads"]] + [
+        f"finetune-{run}" for run in params["finetune"]["runs"]]
+    titles = [next(iter(entry)) for entry in yaml.safe_load((project / "dvc.yaml").read_text())["plots"]]
+    for command in (["plots", "show"], ["plots", "diff", "HEAD"]):
+        dvc(project, *command, "-o", "offline_html")
+        page = project / "offline_html/index.html"
+        assert "cdn.jsdelivr" not in page.read_text(), "the page must not load anything from the network"
+        dom = offline_dom(page)
+        assert 'data-broken-images="0"' in dom, re.findall(r"Could not load [^<]*", dom)
+        drawn = {plot_id: svg for plot_id, svg in charts(dom).items() if "_png" not in plot_id}
+        assert len(drawn) == len(titles), sorted(drawn)
+        for plot_id, svg in drawn.items():
+            labels = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+            assert labels, f"{command}: {plot_id} drew nothing"
+            assert not any("…" in label for label in labels), f"{plot_id}: a cut-off label"
+            if "Confusion" in plot_id:
+                assert all(any(label.startswith(f"{m} · ") for label in labels) for m in models), plot_id
+                assert sum(label.isdigit() for label in labels) >= 4 * len(models), "every cell shows its count"
+            elif "epoch" not in plot_id:
+                assert set(models) <= set(labels), f"{plot_id}: legend lacks {set(models) - set(labels)}"
 
 
 def test_dvc_yaml_names_no_model_and_every_path_lives_there():
