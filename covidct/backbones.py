@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from covidct.errors import WeightsUnavailable
-from covidct.params import Problems, is_positive_int
+from covidct.params import Problems, choice, integer, is_positive_int, seed_int, unknown_keys
 
 WEIGHTS = ("imagenet", "none")
+BACKBONE_KEYS = ("weights", "image_size", "seed", "batch_size")  # batch_size: optional, overrides extract.batch_size
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -69,10 +70,15 @@ def check_params(backbones: dict) -> list[str]:
             problems.append(f"backbones.{name}: unknown backbone; choose from {sorted(REGISTRY)} "
                             "(or register one in covidct/backbones.py)")
             continue
-        cfg = cfg if isinstance(cfg, dict) else {}
-        problems.require(cfg.get("weights") in WEIGHTS,
-                         f"backbones.{name}.weights={cfg.get('weights')!r}: choose one of {list(WEIGHTS)}")
+        if not isinstance(cfg, dict):
+            problems.append(f"backbones.{name}={cfg!r}: a mapping of {list(BACKBONE_KEYS)}")
+            continue
+        problems += unknown_keys(f"backbones.{name}", cfg, BACKBONE_KEYS)
+        problems += choice(f"backbones.{name}.weights", cfg.get("weights"), WEIGHTS)
         problems += check_image_size(name, cfg.get("image_size"), f"backbones.{name}.image_size")
+        problems += seed_int(f"backbones.{name}.seed", cfg.get("seed", 0))
+        if "batch_size" in cfg:  # overrides extract.batch_size for this backbone
+            problems += integer(f"backbones.{name}.batch_size", cfg["batch_size"], 1)
     return problems
 
 

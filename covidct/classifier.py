@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from covidct.backbones import get_spec
+from covidct.errors import ParamsError
 from covidct.store import CropStore
 from covidct.tensorfile import read_safetensors
 
@@ -28,14 +29,30 @@ INITS = ("scratch", "imagenet")
 CHECKPOINT, CONFIG = "model.safetensors", "model.json"
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str = "auto", key: str = "device") -> torch.device:
+    """``auto`` (CUDA, else MPS, else CPU) or a named device, which must be there: a ``ParamsError`` naming ``key``
+    (the params key it came from) otherwise, rather than torch's error deep inside the first batch."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+        return torch.device("mps") if mps else torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ParamsError(f"{key}={device!r}: one of auto, cpu, cuda, cuda:<index>, mps") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ParamsError(f"{key}={device!r}: no CUDA GPU is available here (torch.cuda.is_available() is False); "
+                              "use auto or cpu")
+        if resolved.index is not None and resolved.index >= count:
+            raise ParamsError(f"{key}={device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif resolved.type == "mps" and not mps:
+        raise ParamsError(f"{key}={device!r}: no Apple MPS device here; use auto or cpu")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise ParamsError(f"{key}={device!r}: one of auto, cpu, cuda, cuda:<index>, mps")
+    return resolved
 
 
 def to_model_input(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -16,4 +16,9 @@ class WeightsUnavailable(RuntimeError):
     """Pretrained weights are neither cached nor downloadable; the message says where to put them."""
 
 
-KNOWN_ERRORS = (DataError, ParamsError, WeightsUnavailable, FileNotFoundError)
+class ResourceError(RuntimeError):
+    """The machine failed the stage (a helper process killed, e.g. by the OOM killer); the message says which item
+    it was working on and what to change."""
+
+
+KNOWN_ERRORS = (DataError, ParamsError, WeightsUnavailable, ResourceError, FileNotFoundError)

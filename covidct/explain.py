@@ -26,7 +26,7 @@ from torch import nn
 from covidct.atomic import atomic_path, atomic_write_json
 from covidct.backbones import get_spec
 from covidct.classifier import predict_split
-from covidct.params import Problems, is_positive_int
+from covidct.params import Problems, is_positive_int, seed_int, unknown_keys
 
 CAMS = {"gradcam": GradCAM, "hirescam": HiResCAM, "eigencam": EigenCAM}
 CAM_METHODS = tuple(CAMS)
@@ -35,12 +35,14 @@ KINDS = ("TP", "TN", "FP", "FN")
 
 def check_params(explain: dict) -> list[str]:
     """The ``explain:`` section."""
-    problems = Problems()
+    problems = Problems(unknown_keys("explain", explain, ("per_kind", "seed", "methods")))
     methods = explain.get("methods")
-    problems.require(isinstance(methods, list) and methods and set(methods) <= set(CAM_METHODS),
+    problems.require(isinstance(methods, list) and bool(methods) and all(m in CAM_METHODS for m in methods)
+                     and all(isinstance(m, str) for m in methods),
                      f"explain.methods={methods!r}: a non-empty list from {list(CAM_METHODS)}")
     problems.require(is_positive_int(explain.get("per_kind")),
                      f"explain.per_kind={explain.get('per_kind')!r}: a positive integer")
+    problems += seed_int("explain.seed", explain.get("seed"))
     return problems
 
 def cam_target(model: nn.Module):

@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from covidct.errors import DataError
+
 BACKBONE_CONFIG = "backbone.json"
 
 
@@ -34,17 +36,36 @@ def _metadata(schema: pa.Schema) -> dict:
     return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
 
 
+def _damaged(path: str | os.PathLike, exc: Exception) -> DataError:
+    """A features file that is there but cannot be read (truncated or rewritten in place): which, and what to run."""
+    path = Path(path)
+    return DataError(f"{path}: not a readable features file ({type(exc).__name__}: {exc}). Restore it with "
+                     f"`dvc checkout {path.parent}`, or rebuild it with `dvc repro -f extract@{path.parent.name}`.")
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
     """One split file's schema metadata (backbone, label names, ...), without reading its rows."""
-    return _metadata(pq.read_schema(path))
+    try:
+        return _metadata(pq.read_schema(path))
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise _damaged(path, exc) from None
 
 
 def read_features(path: str | os.PathLike):
-    """(DataFrame without features, float32 array (n, dim), schema metadata dict) from one split file."""
-    table = pq.read_table(path)
-    dim = table.schema.field("features").type.list_size
-    flat = table.column("features").combine_chunks().values.to_numpy(zero_copy_only=False)
-    return table.drop(["features"]).to_pandas(), flat.reshape(-1, dim).astype(np.float32, copy=False), _metadata(table.schema)
+    """(DataFrame without features, float32 array (n, dim), schema metadata dict) from one split file; a damaged
+    file (truncated in place, not Parquet, no fixed-size ``features`` column) is a ``DataError`` saying what to run."""
+    try:
+        table = pq.read_table(path)
+        dim = table.schema.field("features").type.list_size
+        flat = table.column("features").combine_chunks().values.to_numpy(zero_copy_only=False)
+        return (table.drop(["features"]).to_pandas(), flat.reshape(-1, dim).astype(np.float32, copy=False),
+                _metadata(table.schema))
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+        raise _damaged(path, exc) from None
 
 
 def save_backbone_config(model_dir: str | os.PathLike, metadata: dict) -> None:

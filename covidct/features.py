@@ -25,7 +25,17 @@ from covidct.backbones import create_backbone, get_spec
 from covidct.classifier import resolve_device, to_model_input
 from covidct.featurefile import schema_for
 from covidct.layout import SPLITS
-from covidct.params import Problems, is_positive_int
+from covidct.params import (
+    MAX_WORKERS,
+    Problems,
+    choice,
+    device_name,
+    flag,
+    integer,
+    is_positive_int,
+    unknown_keys,
+    worker_count,
+)
 from covidct.store import CropStore
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -33,15 +43,15 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def check_params(extract: dict) -> list[str]:
     """The ``extract:`` section."""
-    problems = Problems()
+    problems = Problems(unknown_keys("extract", extract, ("device", "batch_size", "num_threads", "precision",
+                                                         "compile", "processes")))
+    problems += device_name("extract.device", extract.get("device"))
     problems.require(is_positive_int(extract.get("batch_size")),
                      f"extract.batch_size={extract.get('batch_size')!r}: a positive integer")
-    problems.require(is_positive_int(extract.get("processes", 1)),
-                     f"extract.processes={extract.get('processes')!r}: a positive integer (1 = no torchrun)")
-    problems.require(extract.get("precision", "auto") in PRECISIONS,
-                     f"extract.precision={extract.get('precision')!r}: choose one of {list(PRECISIONS)}")
-    problems.require(isinstance(extract.get("compile", False), bool),
-                     f"extract.compile={extract.get('compile')!r}: true or false")
+    problems += worker_count("extract.num_threads", extract.get("num_threads"))
+    problems += integer("extract.processes", extract.get("processes", 1), 1, MAX_WORKERS, " (1 = no torchrun)")
+    problems += choice("extract.precision", extract.get("precision", "auto"), PRECISIONS)
+    problems += flag("extract.compile", extract.get("compile", False))
     return problems
 
 
@@ -82,7 +92,7 @@ class Engine:
                  precision: str = "auto", compile: bool = False, batch_size: int | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r}; choose one of {PRECISIONS}")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "extract.device")
         if self.device.type == "cuda":
             # An explicit index, made current: events, streams and the reader thread then all mean this GPU
             # (one per rank under torchrun).

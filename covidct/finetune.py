@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from covidct.backbones import REGISTRY, check_image_size
 from covidct.classifier import INITS, Classifier, autocast, predict_split
 from covidct.errors import ParamsError
-from covidct.params import Problems, is_number, is_positive_int
+from covidct.params import Problems, choice, device_name, integer, number, seed_int, unknown_keys, worker_count
 from covidct.store import CropStore
 
 
@@ -151,23 +151,56 @@ def recipe(finetune_params: dict, run: str) -> dict:
 
 def check_params(finetune: dict) -> list[str]:
     """The ``finetune:`` section. ``runs`` may be empty (a study of frozen features only)."""
-    problems = Problems()
+    problems = Problems(unknown_keys("finetune", finetune, ("device", "num_threads", "num_workers", "runs", "train")))
     train, runs = finetune.get("train"), finetune.get("runs")
     if not isinstance(train, dict) or not isinstance(runs, (dict, type(None))):
-        return ["finetune: needs train: {...} and runs: {<arch>-<init>: {arch, init, image_size}, ...} (may be {})"]
-    for key in ("epochs", "batch_size", "warmup_epochs", "patience"):
-        problems.require(is_positive_int(train.get(key)),
-                         f"finetune.train.{key}={train.get(key)!r}: a positive integer")
+        return problems + [
+            "finetune: needs train: {...} and runs: {<arch>-<init>: {arch, init, image_size}, ...} (may be {})"]
+    problems += device_name("finetune.device", finetune.get("device"))
+    problems += worker_count("finetune.num_threads", finetune.get("num_threads"))
+    problems += worker_count("finetune.num_workers", finetune.get("num_workers"), " (0 = in the main process)")
+    problems += unknown_keys("finetune.train", train, TRAIN_KEYS)
+    for key, check in _RECIPE_CHECKS.items():
+        problems += check(f"finetune.train.{key}", train.get(key))
     for name, run in (runs or {}).items():
-        run = run if isinstance(run, dict) else {}
+        if not isinstance(run, dict):
+            problems.append(f"finetune.runs.{name}={run!r}: a mapping with arch, init, image_size (and any "
+                            "finetune.train key it overrides)")
+            continue
+        problems += unknown_keys(f"finetune.runs.{name}", run, ("arch", "init", "image_size", *TRAIN_KEYS))
+        for key in set(run) & set(TRAIN_KEYS):  # a run's own recipe keys, checked as finetune.train's are
+            problems += _RECIPE_CHECKS[key](f"finetune.runs.{name}.{key}", run[key])
         arch, init = run.get("arch"), run.get("init")
-        if arch not in REGISTRY:
+        if not (isinstance(arch, str) and arch in REGISTRY):
             problems.append(f"finetune.runs.{name}.arch={arch!r}: choose from {sorted(REGISTRY)}")
             continue
-        problems.require(init in INITS, f"finetune.runs.{name}.init={init!r}: choose one of {list(INITS)}")
+        problems += choice(f"finetune.runs.{name}.init", init, INITS)
         problems.require(name == f"{arch}-{init}",
                          f"finetune.runs.{name}: name the run {arch}-{init} (<arch>-<init>), as its outputs are")
         problems += check_image_size(arch, run.get("image_size"), f"finetune.runs.{name}.image_size")
-        lr = run.get("lr", train.get("lr"))
-        problems.require(is_number(lr) and lr > 0, f"finetune.runs.{name}: lr={lr!r} must be a positive number")
     return problems
+
+
+def _check_augment(key: str, augment) -> list[str]:
+    if not isinstance(augment, dict):
+        return [f"{key}={augment!r}: a mapping of scale_min, rotation, hflip, vflip"]
+    problems = unknown_keys(key, augment, ("scale_min", "rotation", "hflip", "vflip"))
+    problems += number(f"{key}.scale_min", augment.get("scale_min"), 0, 1, low_open=True)
+    problems += number(f"{key}.rotation", augment.get("rotation", 0), 0, 180)
+    for flip in ("hflip", "vflip"):
+        problems += number(f"{key}.{flip}", augment.get(flip, 0), 0, 1)
+    return problems
+
+
+# finetune.train's keys (which a run may override) and their checks, given the dotted key and the value.
+_RECIPE_CHECKS = {
+    "epochs": lambda key, value: integer(key, value, 1),
+    "batch_size": lambda key, value: integer(key, value, 1),
+    "lr": lambda key, value: number(key, value, 0, low_open=True),
+    "weight_decay": lambda key, value: number(key, value, 0),
+    "warmup_epochs": lambda key, value: integer(key, value, 1),
+    "patience": lambda key, value: integer(key, value, 1),
+    "seed": seed_int,
+    "augment": _check_augment,
+}
+TRAIN_KEYS = tuple(_RECIPE_CHECKS)

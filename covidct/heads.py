@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from covidct.errors import DataError
-from covidct.params import Problems, is_number, is_positive_int
+from covidct.params import Problems, is_number, is_positive_int, number, seed_int, unknown_keys
 from covidct.tensorfile import read_safetensors
 
 HEADS: dict[str, type] = {}
@@ -49,13 +49,17 @@ def check_params(heads: dict) -> list[str]:
     """The ``heads:`` section: registered heads, each with sane settings."""
     problems = Problems()
     problems.require(bool(heads), "heads: list at least one head")
-    for name in heads:
-        problems.require(name in HEADS, f"heads.{name}: unknown head; choose from {sorted(HEADS)} "
-                                        "(or register one in covidct/heads.py)")
+    for name, cfg in heads.items():
+        if name not in HEADS:
+            problems.append(f"heads.{name}: unknown head; choose from {sorted(HEADS)} "
+                            "(or register one in covidct/heads.py)")
+        elif not isinstance(cfg, dict):
+            problems.append(f"heads.{name}={cfg!r}: a mapping of its settings")
+        elif getattr(HEADS[name], "PARAMS", None) is not None:
+            problems += unknown_keys(f"heads.{name}", cfg, HEADS[name].PARAMS)
     logreg = heads.get("logreg")
     if isinstance(logreg, dict):
-        problems.require(is_number(logreg.get("C")) and logreg.get("C") > 0,
-                         f"heads.logreg.C={logreg.get('C')!r}: a positive number")
+        problems += number("heads.logreg.C", logreg.get("C"), 0, low_open=True)
         problems.require(is_positive_int(logreg.get("max_iter")),
                          f"heads.logreg.max_iter={logreg.get('max_iter')!r}: a positive integer")
     mlp = heads.get("mlp")
@@ -67,14 +71,34 @@ def check_params(heads: dict) -> list[str]:
                          f"heads.mlp: need 0 < base_lr <= max_lr, got {base!r}, {top!r}")
         dropout = mlp.get("dropout")
         problems.require(is_number(dropout) and 0 <= dropout < 1, f"heads.mlp.dropout={dropout!r}: must be in [0, 1)")
+        problems += number("heads.mlp.weight_decay", mlp.get("weight_decay"), 0)
+        problems += seed_int("heads.mlp.seed", mlp.get("seed"))
     return problems
 
 
 def load_head(path: str | Path):
-    config = json.loads((Path(path) / "head.json").read_text())
-    head = create_head(config["head"], config["params"], config.get("class_weights"))
-    arrays = read_safetensors(Path(path) / "head.safetensors", load_arrays, "head")
-    head.load_state(arrays, config)
+    """The head saved in the model folder ``path``; a damaged ``head.json`` or one that does not fit its arrays is a
+    ``DataError`` naming the file and how to get a good one back (a missing one stays a FileNotFoundError)."""
+    path = Path(path)
+    config_file = path / "head.json"
+
+    def damaged(reason: str) -> DataError:
+        return DataError(f"{config_file}: damaged ({reason}). Restore the model with `dvc checkout {path}`, or "
+                         f"retrain it with `dvc repro -f train@{path.name}`.")
+
+    try:
+        config = json.loads(config_file.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise damaged(f"not JSON: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("params"), dict) or not isinstance(config.get("head"), str) \
+            or config["head"] not in HEADS:
+        raise damaged(f"expected an object with head (one of {sorted(HEADS)}) and params")
+    arrays = read_safetensors(path / "head.safetensors", load_arrays, "head")
+    try:
+        head = create_head(config["head"], config["params"], config.get("class_weights"))
+        head.load_state(arrays, config)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a missing key, sizes that do not match
+        raise damaged(f"it does not describe {path / 'head.safetensors'}: {type(exc).__name__}: {exc}") from None
     return head
 
 
@@ -146,6 +170,8 @@ class Standardized(nn.Module):
 
 @register("logreg")
 class LogRegHead:
+    PARAMS = ("C", "max_iter")  # its keys under heads.logreg (check_params reports any other)
+
     def __init__(self, params: dict, class_weights=None):
         self.params, self.class_weights = dict(params), class_weights
 
@@ -219,6 +245,8 @@ class MLP(Standardized):
 
 @register("mlp")
 class MLPHead:
+    PARAMS = ("hidden", "dropout", "epochs", "batch_size", "base_lr", "max_lr", "step_epochs", "weight_decay", "seed")
+
     def __init__(self, params: dict, class_weights=None):
         self.params, self.class_weights = dict(params), class_weights
 

@@ -22,7 +22,7 @@ from sklearn.metrics import (
 )
 
 from covidct.atomic import atomic_write_json
-from covidct.params import Problems, is_positive_int
+from covidct.params import Problems, is_positive_int, seed_int, unknown_keys
 
 THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
 RANKING_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
@@ -31,10 +31,11 @@ METRICS = THRESHOLD_METRICS + RANKING_METRICS
 
 def check_params(evaluate: dict) -> list[str]:
     """The ``evaluate:`` section."""
-    problems = Problems()
+    problems = Problems(unknown_keys("evaluate", evaluate, ("bootstrap", "seed", "calibration_bins")))
     for key in ("bootstrap", "calibration_bins"):
         problems.require(is_positive_int(evaluate.get(key)),
                          f"evaluate.{key}={evaluate.get(key)!r}: a positive integer")
+    problems += seed_int("evaluate.seed", evaluate.get("seed"))
     return problems
 
 
@@ -158,12 +159,29 @@ def bootstrap(y, p, groups, threshold=0.5, n_resamples=1000, seed=0, n_bins=10, 
         values = values[np.isfinite(values)]
         low, high = (np.quantile(values, [alpha, 1 - alpha]) if len(values) else (np.nan, np.nan))
         out[k] = {"value": _round(point[k]), "ci_low": _round(low), "ci_high": _round(high)}
+        if out[k]["value"] is None:
+            out[k]["undefined"] = undefined_reason(k, y, p, threshold)
     return out
 
 
 def _round(v) -> float | None:
     v = float(v)
     return round(v, 6) if np.isfinite(v) else None
+
+
+def undefined_reason(metric: str, y, p, threshold: float = 0.5) -> str:
+    """Why ``metric`` has no value on these labels and scores: the ``undefined`` key beside its null ``value``."""
+    y, called = np.asarray(y).astype(bool), np.asarray(p, float) >= threshold
+    lacking = [f"no {name} case" for name, present in (("COVID-19", y.any()), ("non-COVID", (~y).any())) if not present]
+    needs = {"roc_auc": "both classes", "pr_auc": "both classes", "balanced_accuracy": "both classes",
+             "sensitivity": "a COVID-19 case", "specificity": "a non-COVID case", "f1": "a COVID-19 case or call",
+             "ppv": f"a case called COVID-19 at threshold {threshold:g}",
+             "npv": f"a case called non-COVID at threshold {threshold:g}"}
+    if metric in ("ppv", "npv") and not lacking:
+        lacking = [f"no case scores {'at or above' if metric == 'ppv' else 'below'} {threshold:g}"]
+    if metric == "f1" and called.any():
+        lacking = []
+    return f"needs {needs.get(metric, 'both classes')}; these data have " + (" and ".join(lacking) or "too few cases")
 
 
 def youden_threshold(y, p) -> float:
@@ -176,6 +194,16 @@ def youden_threshold(y, p) -> float:
     return float(np.clip(thresholds[int(np.argmax(np.round(tpr - fpr, 12)))], 0.0, 1.0))
 
 
+def chosen_threshold(y, p, fallback: float = 0.5) -> tuple[float, str | None]:
+    """Youden's threshold on val, or (``fallback``, why) when val lacks a class and no threshold can be chosen."""
+    present = set(np.unique(np.asarray(y)).tolist())
+    if present == {0, 1}:
+        return youden_threshold(y, p), None
+    missing = "COVID-19" if 1 not in present else "non-COVID"
+    return fallback, (f"val has no {missing} slice, so no threshold can be chosen on it: {fallback:g} is used "
+                      "instead, and test_at_threshold is the same as test")
+
+
 def patient_level(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per patient: score = mean slice probability, label = positive if any slice is."""
     return frame.groupby("patient", sort=True).agg(label=("label", "max"), prob=("prob", "mean")).reset_index()
@@ -183,9 +211,9 @@ def patient_level(frame: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate(val: pd.DataFrame, test: pd.DataFrame, n_resamples=1000, seed=0, n_bins=10) -> dict:
     """``val``/``test``: columns patient, label (0/1), prob (of the positive class)."""
-    threshold = youden_threshold(val["label"], val["prob"])
+    threshold, note = chosen_threshold(val["label"], val["prob"])
     patients = patient_level(test)
-    return {
+    return {**({"threshold_note": note} if note else {}),
         "val": bootstrap(val["label"], val["prob"], val["patient"], 0.5, n_resamples, seed, n_bins),
         "test": bootstrap(test["label"], test["prob"], test["patient"], 0.5, n_resamples, seed, n_bins),
         "test_at_threshold": bootstrap(test["label"], test["prob"], test["patient"], threshold, n_resamples, seed,
@@ -216,7 +244,18 @@ def evaluate_and_log(val: pd.DataFrame, test: pd.DataFrame, params: dict, metric
 
 
 def headline(name: str, result: dict) -> str:
+    """One log line; an undefined metric (one class in the data) is shown with its reason, never a crash."""
+
+    def show(m: dict, interval: bool = True) -> str:
+        if m["value"] is None:
+            return f"undefined ({m.get('undefined', 'no value')})"
+        if m["ci_low"] is None or not interval:
+            return f"{m['value']:.3f}"
+        return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
     t = result["test"]
-    return (f"evaluate {name}: test accuracy {t['accuracy']['value']:.3f} "
-            f"[{t['accuracy']['ci_low']:.3f}, {t['accuracy']['ci_high']:.3f}], ROC AUC {t['roc_auc']['value']:.3f}, "
-            f"val-chosen threshold {result['threshold']:.3f}")
+    line = (f"evaluate {name}: test accuracy {show(t['accuracy'])}, ROC AUC {show(t['roc_auc'], interval=False)}, "
+            f"{'fallback' if result.get('threshold_note') else 'val-chosen'} threshold {result['threshold']:.3f}")
+    if result.get("threshold_note"):
+        line += f"\nevaluate {name}: warning: {result['threshold_note']}"
+    return line

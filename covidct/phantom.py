@@ -27,7 +27,7 @@ from scipy.ndimage import gaussian_filter
 
 from covidct.atomic import atomic_write_text
 from covidct.layout import IMAGES_DIR, SPLITS, split_filename
-from covidct.params import Problems, is_positive_int
+from covidct.params import Problems, integer, is_number, is_positive_int, seed_int, unknown_keys
 
 NORMAL, PNEUMONIA, COVID = 0, 1, 2
 CLASS_NAMES = {NORMAL: "Normal", PNEUMONIA: "Pneumonia", COVID: "COVID-19"}
@@ -249,10 +249,16 @@ def _write_one(args):
 
 def check_params(sample: dict) -> list[str]:
     """The ``sample:`` section (the phantom generator's settings)."""
-    problems = Problems()
-    for key in ("seed", "image_size"):
-        value = sample.get(key)
-        problems.require(is_positive_int(value) or (value == 0 and not isinstance(value, bool)), f"sample.{key}={value!r}: a non-negative integer")
+    problems = Problems(unknown_keys("sample", sample, ("seed", "image_size", "patients", "class_fractions",
+                                                       "slices_per_patient")))
+    problems += seed_int("sample.seed", sample.get("seed"))
+    problems += integer("sample.image_size", sample.get("image_size"), 32, 8192)
+    fractions, names = sample.get("class_fractions"), ("normal", "pneumonia", "covid")
+    problems.require(isinstance(fractions, dict) and set(fractions) <= set(names) and bool(fractions)
+                     and all(is_number(v) and 0 <= v <= 1 for v in fractions.values())
+                     and sum(fractions.values()) <= 1 + 1e-9,
+                     f"sample.class_fractions={fractions!r}: fractions in [0, 1] of {list(names)}, summing to at "
+                     "most 1 (normal gets the rest)")
     patients = sample.get("patients")
     problems.require(isinstance(patients, dict) and set(patients) == set(SPLITS)
                      and all(is_positive_int(v) for v in patients.values()),

@@ -23,7 +23,7 @@ from covidct.archive import kagglehub_extracts_safely
 from covidct.atomic import atomic_write_json
 from covidct.errors import DataError
 from covidct.layout import DATASET_JSON, IMAGES_DIR, SPLITS, read_split_file, split_filename
-from covidct.params import Problems
+from covidct.params import Problems, choice, unknown_keys
 
 SOURCES = ("sample", "local", "kaggle")
 KAGGLE_CREDENTIALS_HELP = (
@@ -33,11 +33,38 @@ KAGGLE_CREDENTIALS_HELP = (
 
 
 def check_params(data: dict) -> list[str]:
-    problems = Problems()
-    problems.require(data.get("source") in SOURCES,
-                     f"data.source={data.get('source')!r}: choose one of {list(SOURCES)}")
-    problems.require(isinstance(data.get("variant", "3A"), str), f"data.variant={data.get('variant')!r}: e.g. 3A")
+    problems = Problems(unknown_keys("data", data, ("source", "variant", "local_root", "kaggle_handle")))
+    source, variant = data.get("source"), data.get("variant", "3A")
+    problems += choice("data.source", source, SOURCES)
+    problems.require(isinstance(variant, str) and variant.isalnum() and variant.isascii(),
+                     f"data.variant={variant!r}: letters and digits, e.g. 3A")
+    root, handle = data.get("local_root"), data.get("kaggle_handle")
+    problems.require(root is None or (isinstance(root, str) and root.strip() != ""),
+                     f"data.local_root={root!r}: a folder (a path), or null")
+    problems.require(handle is None or isinstance(handle, str), f"data.kaggle_handle={handle!r}: owner/dataset/versions/<n>")
+    if source == "local" and not (isinstance(root, str) and root.strip()):
+        problems.append(f"data.local_root={root!r}: data.source=local needs the folder with {IMAGES_DIR}/ and the split files")
+    elif source == "local":
+        problems += _local_root_problems(root)
+    if source == "kaggle" and not (isinstance(handle, str) and "/versions/" in handle):
+        problems.append(f"data.kaggle_handle={handle!r}: pin a version, owner/dataset/versions/<n> "
+                        "(e.g. hgunraj/covidxct/versions/5), so that every run reads the same data")
     return problems
+
+
+def _local_root_problems(root: str) -> list[str]:
+    """A local_root that cannot be a folder of images (a file, ~user of no one); a missing one is named later."""
+    try:
+        path = Path(root).expanduser().absolute()
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        is_file = existing is not None and not existing.is_dir()
+    except (OSError, RuntimeError, ValueError) as exc:  # ~nobody/..., a NUL byte, a name too long
+        return [f"data.local_root={root!r}: not a usable path ({exc})"]
+    if is_file:
+        what = "a file, not a folder" if existing == path else f"below {existing}, which is a file, not a folder"
+        message = f"data.local_root={root!r}: {what}; point it at the folder with {IMAGES_DIR}/ and the"
+        return [message + " split files"]
+    return []
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -99,7 +126,8 @@ def find_dataset_root(folder: Path, variant: str) -> Path:
     """The folder holding the split files: the download itself or one level below it."""
     wanted = split_filename("train", variant)
     if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder. Point data.local_root at the folder with {IMAGES_DIR}/ and "
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        raise DataError(f"{folder}: {what}. Point data.local_root at the folder with {IMAGES_DIR}/ and "
                         "the split files.")
     for candidate in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
         if (candidate / wanted).is_file():
@@ -143,7 +171,9 @@ def prepare(data: dict, sample_root: str | os.PathLike, out_dir: str | os.PathLi
     for split in SPLITS:
         name = split_filename(split, variant)
         shutil.copyfile(root / name, out_dir / name)
-        rows = read_split_file(out_dir / name, split)
+        # Parsed from the copy (the bytes crop will read) but named as the user's file: the copy is a temporary
+        # folder that is gone once the stage has failed.
+        rows = read_split_file(out_dir / name, split, shown_as=root / name)
         info["split_files"][split] = {"file": name, "sha256": sha256_file(out_dir / name), "slices": len(rows)}
     if data["source"] != "sample":
         info["images"] = fingerprint(root / IMAGES_DIR)

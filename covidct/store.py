@@ -11,6 +11,7 @@ order with bounded memory, whatever the dataset size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -26,49 +27,79 @@ def shard_name(number: int) -> str:
 
 
 class ShardWriter:
-    """Appends images to memory-mapped shards of ``shard_size`` images each.
+    """Appends images to shards of ``shard_size`` images each, with plain writes.
 
-    ``total`` is an upper bound (some inputs may turn out unusable): the last shard is trimmed on close.
+    ``total`` is an upper bound (some inputs may turn out unusable): the last shard is trimmed on close. No
+    memory map: writing into a mapped file on a full disk kills the process with SIGBUS, where ``write`` raises
+    ``OSError(ENOSPC)`` that the stage reports and cleans up after.
     """
 
     def __init__(self, out_dir: Path, total: int, size: int, shard_size: int):
         self.out_dir, self.total, self.size, self.shard_size = Path(out_dir), total, size, shard_size
-        self.written, self._shard, self._array, self._used = 0, -1, None, 0
+        self.written, self._shard, self._file, self._capacity, self._used = 0, -1, None, 0, 0
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def append(self, image: np.ndarray) -> None:
-        offset = self.written % self.shard_size
-        if offset == 0:
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        if image.shape != (self.size, self.size):
+            raise ValueError(f"expected a {self.size}x{self.size} image, got {image.shape}")
+        if self._used == self._capacity:
             self._open_next()
-        self._array[offset] = image
+        with _naming(self._file.name):
+            self._file.write(memoryview(image).cast("B"))
         self.written += 1
-        self._used = offset + 1
+        self._used += 1
 
     def _open_next(self) -> None:
-        self._flush()
+        self._close_file()
         self._shard += 1
-        n = min(self.shard_size, self.total - self.written)
-        path = self.out_dir / shard_name(self._shard)
-        self._array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, self.size, self.size))
+        self._capacity, self._used = min(self.shard_size, self.total - self.written), 0
+        self._file = open(self.out_dir / shard_name(self._shard), "wb")  # noqa: SIM115 - open across appends
+        with _naming(self._file.name):
+            _write_header(self._file, self._capacity, self.size)
 
-    def _flush(self) -> None:
-        if self._array is not None:
-            self._array.flush()
-            self._array = None
+    def _close_file(self) -> None:
+        if self._file is None:
+            return
+        f, self._file = self._file, None
+        with _naming(f.name):
+            self._finish(f)
+
+    def _finish(self, f) -> None:
+        try:
+            if self._used < self._capacity:  # the last shard, short of unusable slices: shape and length fixed up
+                data_start = f.tell() - self._used * self.size * self.size
+                f.seek(0)
+                _write_header(f, self._used, self.size)
+                if f.tell() != data_start:  # never with numpy's 64-byte header padding; kept correct regardless
+                    raise RuntimeError(f"{f.name}: header length changed")
+                f.truncate(data_start + self._used * self.size * self.size)
+        finally:
+            f.close()
 
     def close(self) -> None:
-        if self._array is not None and self._used < len(self._array):
-            path = self.out_dir / shard_name(self._shard)
-            used = np.array(self._array[:self._used])
-            self._array = None
-            tmp = path.with_name(f".tmp-{path.name}")
-            np.save(tmp, used)
-            os.replace(tmp, path)
-        self._flush()
+        self._close_file()
 
     def locations(self):
         rows = np.arange(self.written)
         return rows // self.shard_size, rows % self.shard_size
+
+
+@contextlib.contextmanager
+def _naming(path) -> None:
+    """Adds the file's name to an ``OSError`` from writing it (``write`` on a full disk names none)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
+def _write_header(f, images: int, size: int) -> None:
+    """The ``.npy`` header of a C-order uint8 (images, size, size) array, byte for byte what ``np.save`` writes."""
+    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                                             "fortran_order": False, "shape": (images, size, size)})
 
 
 def write_index(out_dir: Path, index: pd.DataFrame, meta: dict) -> None:

@@ -9,7 +9,8 @@ from covidct.store import CropStore
 def main(model: str, store: str, out: str, live: str) -> None:
     p = params.load(evaluate=metrics.check_params)
     network, config = classifier.load(model)
-    crops, device = CropStore(store), classifier.resolve_device(p.get("finetune", {}).get("device", "auto"))
+    section = p.get("finetune") if isinstance(p.get("finetune"), dict) else {}
+    crops, device = CropStore(store), classifier.resolve_device(section.get("device", "auto"), "finetune.device")
     positive = config["label_names"].index("COVID-19")
     frames = {}
     for split in ("val", "test"):

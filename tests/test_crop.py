@@ -53,7 +53,7 @@ def test_leakage_between_splits_is_an_error(tmp_path):
     (tmp_path / "train_COVIDx_CT-3A.txt").write_text("a_1_1_1.png 0 0 0 5 5\r\nb_2_1_1.png 2 0 0 5 5  \n")
     (tmp_path / "val_COVIDx_CT-3A.txt").write_text("a_1_1_1.png 0 0 0 5 5\n")
     (tmp_path / "test_COVIDx_CT-3A.txt").write_text("c_3_1_1.png 0 0 0 5 5\n")
-    with pytest.raises(DataError, match=r"a_1_1_1.png \(train_COVIDx_CT-3A.txt:1\).*one split"):
+    with pytest.raises(DataError, match=r"a_1_1_1.png \(\S*/train_COVIDx_CT-3A.txt:1\).*one split"):
         crop.slice_table(tmp_path)
     (tmp_path / "val_COVIDx_CT-3A.txt").write_text("a_1_1_2.png 0 0 0 5 5\n")
     with pytest.raises(DataError, match=r"patients in more than one split.*'a_1'"):
