@@ -2,7 +2,8 @@
 
 Prints one line per epoch and logs train / val / test loss and accuracy through dvclive (test is shown, never
 used for a choice); --epochs holds the same rows (timings only in the log, so reruns write identical bytes). The lowest-val-loss epoch is kept and
-saved to --model (safetensors + JSON).
+saved to --model (safetensors + JSON), with the training crops' statistics (input_stats.json: predict warns when a
+new slice is far from them).
 """
 
 import argparse
@@ -13,7 +14,7 @@ import pandas as pd
 import torch
 from dvclive import Live
 
-from covidct import classifier, cli, finetune, params
+from covidct import classifier, cli, finetune, inputstats, params
 from covidct.atomic import atomic_dir, atomic_path
 from covidct.store import CropStore
 
@@ -22,7 +23,7 @@ def main(run: str, store: str, model: str, epochs: str, live: str) -> None:
     p = params.load(finetune=finetune.check_params)["finetune"]
     cfg = finetune.recipe(p, run)
     torch.set_num_threads(p["num_threads"] or os.cpu_count() or 1)
-    device = classifier.resolve_device(p["device"])
+    device = classifier.resolve_device(p["device"], "finetune.device")
     crops = CropStore(store)
     label_names = crops.meta["label_names"]
     weights = crops.meta["class_weights"] if crops.meta["balance"] == "weighted" else None
@@ -53,6 +54,7 @@ def main(run: str, store: str, model: str, epochs: str, live: str) -> None:
               "best_epoch": result["best_epoch"], "stopped_epoch": result["stopped_epoch"]}
     with atomic_dir(model) as tmp:
         classifier.save(network.cpu(), tmp, config)
+        inputstats.save(tmp, inputstats.from_store(crops))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 Prints the reference study's per-epoch table (with wall-clock times), saves it without them (--epochs: a rerun
 writes identical bytes) and logs the same curves through dvclive (--live). Model selection uses validation only; test features are never read.
+With --store (the crop store the features came from), the model folder also gets the training crops' statistics
+(input_stats.json: predict warns when a new slice is far from them).
 """
 
 import argparse
@@ -11,12 +13,13 @@ from pathlib import Path
 import pandas as pd
 from dvclive import Live
 
-from covidct import cli, featurefile, heads, params
+from covidct import cli, featurefile, heads, inputstats, params
 from covidct.atomic import atomic_dir, atomic_path
 from covidct.errors import ParamsError
+from covidct.store import CropStore
 
 
-def main(head: str, features_dir: str, model: str, epochs: str, live: str) -> None:
+def main(head: str, features_dir: str, model: str, epochs: str, live: str, store: str | None = None) -> None:
     p = params.load(heads=heads.check_params)
     if head not in p["heads"]:
         raise ParamsError(f"no heads.{head} in params.yaml; configured: {sorted(p['heads'])}")
@@ -49,6 +52,8 @@ def main(head: str, features_dir: str, model: str, epochs: str, live: str) -> No
     with atomic_dir(model) as tmp:
         fitted.save(tmp)
         featurefile.save_backbone_config(tmp, meta)  # so explain and predict can rebuild backbone + head as one module
+        if store:
+            inputstats.save(tmp, inputstats.from_store(CropStore(store)))
 
 
 if __name__ == "__main__":
@@ -58,4 +63,6 @@ if __name__ == "__main__":
     parser.add_argument("--model", required=True, help="model folder to (re)write")
     parser.add_argument("--epochs", required=True, help="per-epoch table (CSV) to write")
     parser.add_argument("--live", required=True, help="dvclive folder for the training curves")
+    parser.add_argument("--store", help="the crop store the features came from: its training crops' statistics are "
+                                        "saved with the model, for predict's warnings")
     cli.run(main, **vars(parser.parse_args()))

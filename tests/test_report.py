@@ -19,9 +19,22 @@ def test_summary_is_sorted_best_first_with_intervals():
     assert "| 0.850 |" in text, "a metric without an interval prints its value alone"
 
 
-def test_summary_metrics_give_short_unique_columns():
+def test_summary_metrics_give_five_short_columns_per_model():
     results = {"vgg16-mlp": result(0.81, 0.70), "vit_b16-mlp": result(0.93, 0.85)}
+    results["vgg16-mlp"]["patient"] = {**results["vgg16-mlp"]["patient"], "accuracy": {"value": 0.9}}
     compact = report.summary_metrics(results)
-    assert compact["test"]["vit_b16-mlp"]["roc_auc"] == 0.93
-    assert compact["test"]["vgg16-mlp"]["accuracy"] == 0.70
-    assert set(compact["test"]["vgg16-mlp"]) == set(report.HEADLINE)
+    assert compact["vit_b16-mlp"]["roc_auc"] == 0.93
+    assert compact["vgg16-mlp"]["accuracy"] == 0.70
+    assert compact["vgg16-mlp"]["patient_accuracy"] == 0.9
+    assert list(compact["vgg16-mlp"]) == ["accuracy", "roc_auc", "sensitivity", "specificity", "patient_accuracy"]
+
+
+def test_confusion_counts_include_empty_cells():
+    points = [{"actual": "COVID-19", "predicted": "COVID-19"}] * 3 + [{"actual": "not COVID-19",
+                                                                       "predicted": "not COVID-19"}] * 2
+    counts = report._confusion_counts(points)
+    assert counts.to_dict("records") == [
+        {"actual": "COVID-19", "predicted": "COVID-19", "count": 3},
+        {"actual": "COVID-19", "predicted": "not COVID-19", "count": 0},
+        {"actual": "not COVID-19", "predicted": "COVID-19", "count": 0},
+        {"actual": "not COVID-19", "predicted": "not COVID-19", "count": 2}]
