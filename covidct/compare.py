@@ -2,7 +2,8 @@
 
 ``dvc exp show`` lists one number per column and no intervals; this prints, for the workspace and each of its
 experiments (``dvc exp show``'s rows), one table with a row per backbone (VGG16 and ViT-B/16 next to each other)
-and a column per head, each cell ``value [95 % CI]`` from the model's metrics/models/<model>.json at that revision.
+and a column per head, each cell ``value [95 % CI]`` from the model's full metrics JSON at that revision (the
+report stage's ``--metrics`` folder in dvc.yaml).
 Fine-tuned networks get a table of their own. Lines stay within ``--width`` (tables wrap by head).
 
     python -m covidct.compare                       # ROC AUC and accuracy, test slices
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +27,6 @@ LABELS = {"roc_auc": "ROC AUC", "accuracy": "accuracy", "balanced_accuracy": "ba
           "specificity": "specificity", "pr_auc": "PR AUC", "f1": "F1", "ece": "ECE", "brier": "Brier"}
 CELL = len("0.000 [0.000, 0.000]")
 FINETUNE = "finetune-"
-METRICS_DIR = "metrics/models"
 
 
 def cell(metric: dict | None) -> str:
@@ -92,6 +93,11 @@ def read_text(repo: str, path: str, rev: str | None) -> str:
     return (Path(repo) / path).read_text() if rev is None else git_show(repo, rev, path)
 
 
+def metrics_folder(dvc_yaml: str) -> str:
+    """The per-model metrics folder, as dvc.yaml passes it to the report stage (dvc.yaml names every data path)."""
+    return re.search(r"--metrics\s+(\S+)", yaml.safe_load(dvc_yaml)["stages"]["report"]["cmd"]).group(1)
+
+
 def in_params_order(models: list[str], params_text: str) -> list[str]:
     """params.yaml's order (VGG16 next to ViT-B/16 as configured), then anything it does not name."""
     try:
@@ -125,14 +131,19 @@ def compare(repo: str = ".", revs: list[str] | None = None, metrics=("roc_auc", 
             models = in_params_order(models, read_text(repo, "params.yaml", rev))
         except FileNotFoundError:
             pass
+        try:
+            folder = metrics_folder(read_text(repo, "dvc.yaml", rev))
+        except (FileNotFoundError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+            lines += ["", f"== {title}: no report stage with --metrics in its dvc.yaml"]
+            continue
         results, missing = {}, []
         for model in models:
             try:
-                results[model] = json.loads(read_text(repo, f"{METRICS_DIR}/{model}.json", rev))
+                results[model] = json.loads(read_text(repo, f"{folder}/{model}.json", rev))
             except FileNotFoundError:  # e.g. a revision from before metrics/models/ existed
                 missing.append(model)
         if missing:
-            lines += ["", f"== {title}: {len(missing)} model(s) without {METRICS_DIR}/<model>.json (an older layout?)"]
+            lines += ["", f"== {title}: {len(missing)} model(s) without <model>.json in {folder} (an older layout?)"]
             if not results:
                 continue
         heads_models = {m: r for m, r in results.items() if not m.startswith(FINETUNE)}
