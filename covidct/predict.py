@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +39,10 @@ from covidct.images import Unusable, read_image
 
 THRESHOLD = 0.5  # the decision printed and written; the pipeline's default threshold (evaluate's first one)
 MIN_SIDE = 64  # px; a box shorter than this is "tiny" when the model folder has no training statistics
+# Memory one image may take to decode, judged from its header before decoding: a CT slice (512x512, even 16-bit)
+# needs ~3 MiB, while a 300 KB "decompression bomb" PNG can ask for gigabytes and take the other images down with
+# the process. Finding the body and the CAM need several float copies more, hence a tighter budget than crop's.
+DECODE_BUDGET = 128 * 2**20
 CSV_FIELDS = ("file", "model", "box_source", "xmin", "ymin", "xmax", "ymax", "p_covid19", "decision", "warnings",
               "overlay", "error")
 
@@ -49,14 +54,18 @@ class ImageError(ValueError):
 # images.read_image's reasons, in words for someone scoring their own files
 _WHY = {"missing_file": "no such file", "empty_file": "empty file (0 bytes); re-export or re-download it",
         "not_an_image": "not an image format PIL recognises (expected PNG or JPEG)"}
+_TOO_LARGE = ("far larger than a CT slice (512x512): refused before decoding, so it cannot exhaust memory; "
+              "downscale it, or check it is the file you meant")
 
 
 def read_grayscale(path: str | Path) -> np.ndarray:
     """float32 (H, W) in [0, 1], read and converted by the crop stage's ``read_image``, so a slice is
     scored exactly as training slices were made (16-bit scaled by its full range, transparency over black)."""
     try:
-        gray = read_image(Path(path))
+        gray = read_image(Path(path), DECODE_BUDGET)
     except Unusable as exc:
+        if exc.reason == "too_large":
+            raise ImageError(f"{path}: {exc.detail.rstrip('.')}; {_TOO_LARGE}") from None
         why = _WHY.get(exc.reason, f"{exc.detail}; the file is probably truncated or corrupt: re-export it")
         raise ImageError(f"{path}: {why}") from None
     return np.asarray(gray, dtype=np.float32) / 255.0
@@ -257,16 +266,28 @@ def open_predictor(args) -> Predictor | None:
               "restore it with `dvc checkout` or retrain with `dvc repro`", file=sys.stderr)
         return None
     folders = ([args.out_dir] if not args.no_cam else []) + ([Path(args.csv).parent] if args.csv else [])
-    try:  # now, not after an hour of scoring
-        for folder in folders:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"error: cannot create the output folder {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return None
+    for folder in folders:  # now, not after an hour of scoring
+        problem = unwritable(Path(folder))
+        if problem:
+            print(f"error: cannot write to the output folder {folder}: {problem}; choose another with "
+                  f"{'--csv' if args.csv and Path(folder) == Path(args.csv).parent else '--out-dir'}", file=sys.stderr)
+            return None
     if predictor.reference is None:
         print(f"note: {args.model} has no {inputstats.STATS_FILE} (trained before it was recorded): intensities "
               "are not compared with the training crops'; retrain (dvc repro) to get the check", file=sys.stderr)
     return predictor
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why nothing can be written in ``folder`` (made if missing), or None: by trying, as permissions, read-only
+    mounts and full disks all say no only then."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".predict-probe-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,7 @@
 import os
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -82,7 +84,7 @@ def dvc(work: Path, *args: str, env: dict | None = None):
     """Runs the dvc CLI in ``work``; fails the test with its output if it fails."""
     import subprocess
 
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=work, env=env or dvc_env(),
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=work, env=env or dvc_env(), check=False,
                             capture_output=True, text=True)
     assert result.returncode == 0, f"dvc {' '.join(args)}:\n{result.stdout}{result.stderr}"
     return result
@@ -101,3 +103,13 @@ def stale(work: Path, *targets: str, env: dict | None = None) -> dict:
 
     status = json.loads(dvc(work, "status", "--json", *targets, env=env).stdout or "{}")
     return {stage: changes for stage, changes in status.items() if changes != ["always changed"]}
+
+
+def png_header_only(path: Path, width: int, height: int, bit_depth: int = 16) -> Path:
+    """A PNG whose header declares ``width`` x ``height`` but which holds no pixels: enough to be judged by its header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path

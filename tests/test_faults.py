@@ -9,17 +9,16 @@ import io
 import multiprocessing
 import os
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import png_header_only
 
 from covidct import atomic, cli, crop, images, sources, store
 from covidct.atomic import _alive, atomic_dir, atomic_path, atomic_write_json
@@ -77,16 +76,6 @@ def test_a_killed_decode_worker_fails_crop_within_seconds_naming_the_slice(tiny_
     assert message.count(victim.fname) == 1 and "crop.workers" in message
     assert seconds < 5, f"took {seconds:.1f}s to notice the dead worker"
     assert not multiprocessing.active_children(), "the other decode workers are stopped too"
-
-
-def png_header_only(path: Path, width: int, height: int, bit_depth: int = 16) -> Path:
-    """A PNG whose header declares ``width`` x ``height`` but which holds no pixels: enough to be judged by its header."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
-    return path
 
 
 def test_a_slice_too_large_to_decode_is_skipped_from_its_header_before_decoding(tiny_sample, tmp_path):

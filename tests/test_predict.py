@@ -3,6 +3,7 @@ for inputs unlike the training crops, a CAM overlay and a CSV out; bad files nam
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import build_store
+from conftest import build_store, png_header_only
 from PIL import Image
 
 from covidct import bodybox, classifier, finetune, inputstats, phantom, predict
@@ -115,6 +116,46 @@ def test_bad_files_are_named_and_the_rest_still_scored(tmp_path, models_root, sl
     assert f"{tmp_path / 'missing.png'}: no such file" in result.stderr
     assert "1 scored, 4 skipped" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_and_the_other_images_are_scored(tmp_path, models_root,
+                                                                                         slice_8bit):
+    good = tmp_path / "good.png"
+    Image.fromarray(slice_8bit, mode="L").save(good)
+    within_pillow_limit = png_header_only(tmp_path / "bomb.png", 9400, 9400)  # 16-bit: ~1.1 GiB to decode
+    over_it = png_header_only(tmp_path / "huge.png", 30000, 30000, bit_depth=8)
+    cmd = [sys.executable, "-m", "covidct.predict", str(within_pillow_limit), str(good), str(over_it),
+           "--model", str(models_root / MODEL), "--no-cam", "--csv", str(tmp_path / "scores.csv")]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, result.stderr
+    assert errors[0].startswith(f"error: {within_pillow_limit}: 9400x9400 I;16 image needs ~1,095 MiB")
+    assert errors[1].startswith(f"error: {over_it}: ") and "decompression bomb" in errors[1].lower()
+    assert all("refused before decoding" in e and "downscale it" in e for e in errors)
+    assert "good.png\tP(COVID-19)=" in result.stdout and "1 scored, 2 skipped" in result.stderr
+    rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
+    assert [bool(r["error"]) for r in rows] == [True, False, True]
+
+
+@pytest.mark.parametrize("blocked", ["a file in the way", "read-only folder"])
+def test_an_unwritable_output_folder_stops_before_scoring_with_one_line(tmp_path, models_root, slice_8bit, blocked):
+    Image.fromarray(slice_8bit, mode="L").save(tmp_path / "x.png")
+    if blocked == "a file in the way":
+        (tmp_path / "taken").write_text("")
+        out_dir = tmp_path / "taken" / "cams"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders; the other case checks the same message")
+        out_dir = tmp_path / "locked"
+        out_dir.mkdir(mode=0o555)
+    cmd = [sys.executable, "-m", "covidct.predict", str(tmp_path / "x.png"), "--model", str(models_root / MODEL),
+           "--out-dir", str(out_dir)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: cannot write to the output folder {out_dir}: ") and line.endswith(
+        "choose another with --out-dir")
 
 
 def test_a_folder_without_a_model_is_named_with_what_a_model_folder_holds(tmp_path, models_root, slice_8bit):
