@@ -2,12 +2,16 @@
 
 Prints the reference study's per-epoch table (with wall-clock times), saves it without them (--epochs: a rerun
 writes identical bytes) and logs the same curves through dvclive (--live). Model selection uses validation only; test features are never read.
+When heads.<head> gives a grid (a list for C, hidden or dropout), the head fits each candidate and keeps the one
+with the lowest validation log loss; the table and curves are the kept candidate's, and a table of every candidate
+follows (head.json records it under "grid").
 With --store (the crop store the features came from), the model folder also gets the training crops' statistics
 (input_stats.json: predict warns when a new slice is far from them).
 """
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +35,11 @@ def main(head: str, features_dir: str, model: str, epochs: str, live: str, store
 
     print(f"train {meta['backbone']}-{head}: {len(train)} train / {len(val)} val slices, labels {label_names}, "
           f"class weights {weights}")
+    grids = heads.searched(head, p["heads"][head])
+    if grids:
+        print(f"train {meta['backbone']}-{head}: searching {math.prod(map(len, grids.values()))} candidates of "
+              + ", ".join(f"{k} {v}" for k, v in grids.items())
+              + " by val log loss; the epochs below are the chosen candidate's", flush=True)
     print(heads.TABLE_HEADER)
     with Live(live, save_dvc_exp=False, dvcyaml=None, report=None) as logger:
 
@@ -44,6 +53,10 @@ def main(head: str, features_dir: str, model: str, epochs: str, live: str, store
 
         result = fitted.fit(x_train, train["label"].to_numpy(), x_val, val["label"].to_numpy(),
                             positive=label_names.index("COVID-19"), on_epoch=on_epoch)
+    if "grid" in result:
+        print(heads.grid_table(result["grid"]))
+        chosen = ", ".join(f"{k}={v}" for k, v in result["grid"]["chosen"].items())
+        print(f"train {meta['backbone']}-{head}: chose {chosen} (lowest val log loss)")
     converged = f"; converged in {result['converged_in']}" if "converged_in" in result else ""
     print(f"train {meta['backbone']}-{head}: best epoch {result['best_epoch']} (by val accuracy){converged}")
 

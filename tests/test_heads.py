@@ -1,5 +1,7 @@
 """Classifier heads: the reference recipe, learning on separable features, save/load round trip."""
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -114,3 +116,137 @@ def test_class_weights_shift_the_decision_towards_the_weighted_class():
 def test_unknown_head_lists_the_choices():
     with pytest.raises(KeyError, match="logreg"):
         heads.create_head("svm", {})
+
+
+# --- grids: heads pick C, hidden and dropout on validation (issue "Stronger recipes, chosen on val only") ---
+
+TINY_MLP = {**MLP_PARAMS, "epochs": 3, "batch_size": 16}
+
+
+def noise(n: int, dim: int, seed: int):
+    """Labels independent of the features: anything a head learns from the training set is noise."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, dim)).astype(np.float32), rng.integers(0, 2, n).astype(np.int64)
+
+
+def chosen_by_refitting(name: str, params: dict, key: str, values, x, y, x_val, y_val):
+    """The grid's answer worked out independently: fit each value as a scalar setting, lowest val log loss."""
+    losses = {}
+    for v in values:
+        head = heads.create_head(name, {**params, key: v})
+        head.fit(x, y, x_val, y_val, positive=1)
+        proba = head.predict_proba(x_val)
+        losses[v] = -np.mean(np.log(np.clip(proba[np.arange(len(y_val)), y_val], 1e-15, None)))
+    return min(losses, key=losses.get), losses
+
+
+def test_logreg_grid_keeps_the_strong_penalty_when_the_features_are_noise():
+    x, y = noise(40, 200, seed=0)  # 200 features, 40 slices: any weak penalty fits the noise perfectly
+    x_val, y_val = noise(400, 200, seed=1)
+    grid = [100.0, 1.0, 0.001]  # listed weakest first: the order in params.yaml does not matter
+    head = heads.create_head("logreg", {"C": grid, "max_iter": 200})
+    result = head.fit(x, y, x_val, y_val, positive=1)
+    expected, losses = chosen_by_refitting("logreg", {"max_iter": 200}, "C", grid, x, y, x_val, y_val)
+    assert expected == 0.001 and result["grid"]["chosen"] == {"C": 0.001}
+    assert [c["C"] for c in result["grid"]["candidates"]] == [0.001, 1.0, 100.0], "strongest penalty first"
+    for c in result["grid"]["candidates"]:
+        assert c["val_log_loss"] == pytest.approx(losses[c["C"]], abs=1e-6)
+    assert losses[100.0] > losses[0.001] + 0.1, "the problem separates the candidates"
+    assert head.fitted_params() == {"C": 0.001, "max_iter": 200} and head.params["C"] == grid
+    # selection uses the validation set it is given: scored on its own training data, the weakest penalty wins
+    on_train = heads.create_head("logreg", {"C": grid, "max_iter": 200}).fit(x, y, x, y, positive=1)
+    assert on_train["grid"]["chosen"] == {"C": 100.0}
+
+
+def test_logreg_grid_picks_the_weak_penalty_when_the_data_are_plentiful():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3000, 2)).astype(np.float32)
+    y = (x[:, 0] + 0.3 * rng.normal(size=3000) > 0).astype(np.int64)  # a clean signal, many slices, two features
+    grid = [1e-4, 0.01, 100.0]
+    result = heads.create_head("logreg", {"C": grid, "max_iter": 200}).fit(x[:2000], y[:2000], x[2000:], y[2000:], 1)
+    expected, _ = chosen_by_refitting("logreg", {"max_iter": 200}, "C", grid, x[:2000], y[:2000], x[2000:], y[2000:])
+    assert expected == 100.0 and result["grid"]["chosen"] == {"C": 100.0}
+
+
+def test_mlp_grid_keeps_the_candidate_with_the_lowest_val_log_loss_and_reports_only_its_epochs():
+    x, y = separable(240, dim=12, seed=5)
+    y = np.where(np.random.default_rng(3).random(len(y)) < 0.2, 1 - y, y)  # label noise: candidates differ
+    params = {**TINY_MLP, "hidden": [32, 4], "dropout": [0.0, 0.5]}
+    rows = []
+    head = heads.create_head("mlp", params)
+    result = head.fit(x[:160], y[:160], x[160:], y[160:], positive=1, on_epoch=rows.append)
+    grid = result["grid"]
+    assert [(c["hidden"], c["dropout"]) for c in grid["candidates"]] == [(4, 0.5), (4, 0.0), (32, 0.5), (32, 0.0)]
+    best = min(grid["candidates"], key=lambda c: c["val_log_loss"])
+    assert grid["chosen"] == {"hidden": best["hidden"], "dropout": best["dropout"]}
+    assert len({c["val_log_loss"] for c in grid["candidates"]}) == 4
+    # the kept model, its epochs and its best epoch are exactly what the chosen setting gives as a scalar
+    alone = heads.create_head("mlp", {**TINY_MLP, **grid["chosen"]})
+    alone_rows = []
+    alone_result = alone.fit(x[:160], y[:160], x[160:], y[160:], positive=1, on_epoch=alone_rows.append)
+    np.testing.assert_array_equal(head.predict_proba(x), alone.predict_proba(x))
+    assert [r.csv_fields() for r in rows] == [r.csv_fields() for r in alone_rows] and len(rows) == 3
+    assert result["best_epoch"] == alone_result["best_epoch"] == best["best_epoch"]
+
+
+@pytest.mark.parametrize("name, params, strongest", [
+    ("logreg", {"C": [1.0, 0.01, 0.1], "max_iter": 200}, {"C": 0.01}),
+    ("mlp", {**TINY_MLP, "hidden": [8, 4], "dropout": [0.0, 0.5]}, {"hidden": 4, "dropout": 0.5}),
+])
+def test_a_tie_goes_to_the_stronger_regularisation_and_smaller_model(monkeypatch, name, params, strongest):
+    monkeypatch.setattr(heads, "val_log_loss", lambda proba, y, class_weights=None: 0.5)
+    x, y = separable(120, dim=6, seed=6)
+    result = heads.create_head(name, params).fit(x[:80], y[:80], x[80:], y[80:], positive=1)
+    assert result["grid"]["chosen"] == strongest
+
+
+def test_val_log_loss_weights_slices_by_class_and_is_finite_for_confident_mistakes():
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [1.0, 0.0]])
+    y = np.array([0, 1, 1])
+    expected = -(np.log(0.9) + np.log(0.8) + np.log(1e-15)) / 3
+    assert heads.val_log_loss(proba, y) == pytest.approx(expected)
+    assert heads.val_log_loss(proba, y, [2.0, 1.0]) == pytest.approx(-(2 * np.log(0.9) + np.log(0.8) + np.log(1e-15)) / 4)
+
+
+def test_a_scalar_setting_searches_nothing_and_saves_what_it_always_saved(tmp_path):
+    x, y = separable(200, dim=12, seed=2)
+    for name, params in (("logreg", {"C": 1.0, "max_iter": 500}), ("mlp", {**TINY_MLP, "hidden": 8})):
+        head = heads.create_head(name, params)
+        result = head.fit(x[:150], y[:150], x[150:], y[150:], positive=1)
+        assert "grid" not in result and head.grid is None
+        head.save(tmp_path / name)
+        config = json.loads((tmp_path / name / "head.json").read_text())
+        assert "grid" not in config and config["params"] == params
+        # a one-value grid is a search (recorded) that gives the scalar's model
+        single = heads.create_head(name, {k: [v] if k in heads.HEADS[name].GRID else v for k, v in params.items()})
+        assert single.fit(x[:150], y[:150], x[150:], y[150:], positive=1)["grid"]["chosen"]
+        np.testing.assert_array_equal(single.predict_proba(x), head.predict_proba(x))
+
+
+@pytest.mark.parametrize("name, params", [("logreg", {"C": [0.01, 10.0], "max_iter": 500}),
+                                          ("mlp", {**TINY_MLP, "hidden": [4, 16], "dropout": 0.5})])
+def test_head_json_records_the_grid_and_load_head_restores_the_chosen_model(tmp_path, name, params):
+    x, y = separable(200, dim=12, seed=7)
+    head = heads.create_head(name, params, class_weights=[0.8, 1.2])
+    head.fit(x[:150], y[:150], x[150:], y[150:], positive=1)
+    head.save(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "head.json").read_text())
+    grid = config["grid"]
+    assert grid["criterion"] == "val_log_loss" and len(grid["candidates"]) == 2
+    assert grid["searched"] == {k: v for k, v in params.items() if isinstance(v, list)}
+    assert config["params"] == {**params, **grid["chosen"]}, "params: what the saved model was trained with"
+    assert all({"val_log_loss", "val_accuracy", "best_epoch"} <= set(c) for c in grid["candidates"])
+    again = heads.load_head(tmp_path / "model")
+    np.testing.assert_array_equal(again.predict_proba(x), head.predict_proba(x))
+    assert again.grid == grid
+    again.save(tmp_path / "again")
+    assert (tmp_path / "again" / "head.json").read_bytes() == (tmp_path / "model" / "head.json").read_bytes()
+
+
+def test_grid_table_lists_every_candidate_and_marks_the_chosen_one():
+    grid = {"searched": {"C": [0.01, 1.0]}, "chosen": {"C": 0.01},
+            "candidates": [{"C": 0.01, "val_log_loss": 0.41, "val_accuracy": 83.5, "best_epoch": 1},
+                           {"C": 1.0, "val_log_loss": 1.2, "val_accuracy": 79.0, "best_epoch": 1}]}
+    assert heads.grid_table(grid).splitlines() == [
+        "C | val log loss | val accuracy | best epoch | chosen |", "---|---|---|---|---|",
+        "0.01 | 0.4100 | 83.50% | 1 | yes |", "1 | 1.2000 | 79.00% | 1 |  |"]

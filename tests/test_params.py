@@ -145,6 +145,20 @@ def test_the_readme_full_study_command_sets_valid_params(tmp_path):
         ("sample.seeds", 1, "sample.seeds: unknown key; did you mean seed?"),
         ("data.sorce", "local", "data.sorce: unknown key; did you mean source?"),
         ("heads.mlp.zzz", 1, "heads.mlp.zzz: unknown key; known keys: ['base_lr', 'batch_size', 'dropout'"),
+        # grids: C, hidden and dropout may be lists, non-empty, of distinct valid values
+        ("heads.logreg.C", [], "heads.logreg.C=[]: an empty grid; give one value, or a list of at least one"),
+        ("heads.logreg.C", [0.1, 0], "heads.logreg.C[1]=0: a positive number"),
+        ("heads.logreg.C", [0.01, "0.1"], "heads.logreg.C[1]='0.1': a positive number"),
+        ("heads.logreg.C", [0.1, 1.0, 0.1], "heads.logreg.C=[0.1, 1.0, 0.1]: 0.1 listed more than once; list each"),
+        ("heads.logreg.C", "0.1,1", "heads.logreg.C='0.1,1': a positive number, or a list of such values"),
+        ("heads.logreg.C", {"low": 0.1}, "heads.logreg.C={'low': 0.1}: a positive number, or a list of such values"),
+        ("heads.mlp.hidden", [128, 64.5], "heads.mlp.hidden[1]=64.5: a positive integer"),
+        ("heads.mlp.hidden", [64, True], "heads.mlp.hidden[1]=True: a positive integer"),
+        ("heads.mlp.hidden", [64, 64], "heads.mlp.hidden=[64, 64]: 64 listed more than once"),
+        ("heads.mlp.hidden", [[64, 128]], "heads.mlp.hidden[0]=[64, 128]: a positive integer"),
+        ("heads.mlp.dropout", [0.25, 1.0], "heads.mlp.dropout[1]=1.0: must be in [0, 1)"),
+        ("heads.mlp.dropout", [0.5, 0.5], "heads.mlp.dropout=[0.5, 0.5]: 0.5 listed more than once"),
+        ("heads.mlp.dropout", [], "heads.mlp.dropout=[]: an empty grid"),
     ],
 )
 def test_invalid_params_are_named_with_their_choices(tmp_path, dotted, value, message):
@@ -168,6 +182,15 @@ def test_unknown_backbone_lists_the_registry(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     with pytest.raises(ParamsError, match=r"backbones.alexnet: unknown backbone; choose from \['efficientnet_lite0'"):
         params.load(tmp_path / "params.yaml", **CHECKS)
+
+
+@pytest.mark.parametrize("C, hidden, dropout", [(1.0, 256, 0.5), ([0.01], [64], [0.0]), (0.5, [32, 512], 0.25),
+                                                ([0.001, 0.01, 0.1, 1.0, 10], [1, 2048], [0.0, 0.5, 0.9])])
+def test_head_settings_may_be_numbers_or_grids(C, hidden, dropout):
+    p = committed()
+    p["heads"]["logreg"]["C"] = C
+    p["heads"]["mlp"].update(hidden=hidden, dropout=dropout)
+    assert heads.check_params(p["heads"]) == []
 
 
 def test_a_finetune_run_is_named_after_its_arch_and_init(tmp_path):
