@@ -193,6 +193,12 @@ def test_head_settings_may_be_numbers_or_grids(C, hidden, dropout):
     assert heads.check_params(p["heads"]) == []
 
 
+def test_the_committed_grids_contain_the_reference_recipe():
+    """The demo's grids include the settings the heads had before grids (C 1.0; 256 units, dropout 0.5)."""
+    p = committed()["heads"]
+    assert 1.0 in p["logreg"]["C"] and 256 in p["mlp"]["hidden"] and 0.5 in p["mlp"]["dropout"]
+
+
 def test_a_finetune_run_is_named_after_its_arch_and_init(tmp_path):
     p = committed()
     p["finetune"]["runs"]["r18"] = {"arch": "resnet18", "init": "scratch", "image_size": 64}
