@@ -56,7 +56,10 @@ def main(head: str, features_dir: str, model: str, epochs: str, live: str, store
     if "grid" in result:
         print(heads.grid_table(result["grid"]))
         chosen = ", ".join(f"{k}={v}" for k, v in result["grid"]["chosen"].items())
-        print(f"train {meta['backbone']}-{head}: chose {chosen} (lowest val log loss)")
+        edges = [f"{k}={v}" for k, v in result["grid"]["chosen"].items()
+                 if len(grids[k]) >= 3 and v in (min(grids[k]), max(grids[k]))]
+        edge = f"; {', '.join(edges)} is at the end of its grid: a wider grid may do better" if edges else ""
+        print(f"train {meta['backbone']}-{head}: chose {chosen} (lowest val log loss){edge}")
     converged = f"; converged in {result['converged_in']}" if "converged_in" in result else ""
     print(f"train {meta['backbone']}-{head}: best epoch {result['best_epoch']} (by val accuracy){converged}")
 

@@ -1,6 +1,7 @@
 """Classifier heads: the reference recipe, learning on separable features, save/load round trip."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from covidct import heads
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MLP_PARAMS = {"hidden": 64, "dropout": 0.5, "epochs": 10, "batch_size": 32, "base_lr": 5e-5, "max_lr": 1e-3,
               "step_epochs": 2, "weight_decay": 0.0, "seed": 0}
@@ -250,3 +253,37 @@ def test_grid_table_lists_every_candidate_and_marks_the_chosen_one():
     assert heads.grid_table(grid).splitlines() == [
         "C | val log loss | val accuracy | best epoch | chosen |", "---|---|---|---|---|",
         "0.01 | 0.4100 | 83.50% | 1 | yes |", "1 | 1.2000 | 79.00% | 1 |  |"]
+
+
+def test_the_train_stage_prints_the_candidates_and_logs_only_the_chosen_ones_epochs(tmp_path, monkeypatch, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from covidct import featurefile, params
+    from stages import train
+
+    features = tmp_path / "features"
+    features.mkdir()
+    metadata = {"backbone": "vgg16", "weights": "none", "image_size": 64, "seed": 0,
+                "label_names": ["Normal", "COVID-19"], "balance": "undersample", "class_weights": None}
+    x, y = separable(160, dim=8, seed=8)
+    for split, rows in (("train", slice(0, 100)), ("val", slice(100, 160))):
+        n = len(y[rows])
+        table = pa.table({"fname": [f"{split}{i}.png" for i in range(n)], "patient": [f"p{i // 3}" for i in range(n)],
+                          "label": y[rows], "features": pa.FixedSizeListArray.from_arrays(pa.array(x[rows].ravel()), 8)},
+                         schema=featurefile.schema_for(8, metadata))
+        pq.write_table(table, features / f"{split}.parquet")
+    p = params.read(ROOT / "params.yaml")
+    p["heads"]["mlp"].update(hidden=[4, 16], dropout=0.5, epochs=2)
+    (tmp_path / "params.yaml").write_text(yaml.dump(p, Dumper=params.Dumper))
+    monkeypatch.chdir(tmp_path)
+    train.main("mlp", str(features), "model", "epochs.csv", "live")
+    out = capsys.readouterr().out
+    assert "searching 2 candidates of hidden [4, 16] by val log loss" in out
+    assert "hidden | val log loss | val accuracy | best epoch | chosen |" in out
+    config = json.loads((tmp_path / "model" / "head.json").read_text())
+    chosen = config["grid"]["chosen"]["hidden"]
+    assert f"\n{chosen} | " in out and out.count(" | yes |") == 1 and f"chose hidden={chosen} " in out
+    assert len((tmp_path / "epochs.csv").read_text().splitlines()) == 1 + 2, "the chosen candidate's 2 epochs"
+    assert len((tmp_path / "live" / "plots" / "metrics" / "val" / "accuracy.tsv").read_text().splitlines()) == 1 + 2
