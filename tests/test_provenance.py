@@ -248,3 +248,14 @@ def test_json_round_trip_of_a_check(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(out))
     assert json.loads((tmp_path / "c.json").read_text())["test"]["accuracy"]["value"] == 1.0
     assert out["train_rates"] == {"a": 1.0, "b": 0.0}
+
+
+def test_compare_prints_each_model_on_its_worst_source():
+    from covidct import compare
+
+    test = pd.DataFrame({"source": ["a", "a", "b", "b"], "patient": ["1", "2", "3", "4"], "label": [1, 0, 1, 0],
+                         "prob": [0.9, 0.1, 0.2, 0.1]})
+    result = metrics.evaluate(test, test, n_resamples=20)
+    lines = compare.table({"vgg16-logreg": result}, "worst_source", ["accuracy"], 120)
+    assert any(line.startswith("vgg16 ") and "0.500 [0.000, 1.000]" in line for line in lines), lines
+    assert compare.metrics_of({"test": {}}, "worst_source") == {}
