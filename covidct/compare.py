@@ -8,6 +8,7 @@ Fine-tuned networks get a table of their own. Lines stay within ``--width`` (tab
 
     python -m covidct.compare                       # ROC AUC and accuracy, test slices
     python -m covidct.compare --metrics roc_auc sensitivity specificity --block patient
+    python -m covidct.compare --metrics accuracy --block worst_source   # each model on the source it does worst on
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def split_name(model: str) -> tuple[str, str]:
     return backbone, head
 
 
+def metrics_of(result: dict, block: str) -> dict:
+    """One block of a model's metrics JSON; ``worst_source``: the test metrics of its worst source."""
+    if block == "worst_source":
+        worst = result.get("worst_source")
+        return result["by_source"][worst] if worst else {}
+    return result.get(block, {})
+
+
 def table(results: dict[str, dict], block: str, metrics: list[str], width: int, title: str = "backbone") -> list[str]:
     """Rows: backbones in first-seen order; columns: (head, metric), wrapped to ``width``."""
     rows, columns, cells = [], [], {}
@@ -53,7 +62,7 @@ def table(results: dict[str, dict], block: str, metrics: list[str], width: int, 
         rows += [row] if row not in rows else []
         for metric in metrics:
             columns += [(head, metric)] if (head, metric) not in columns else []
-            cells[row, head, metric] = cell(result.get(block, {}).get(metric))
+            cells[row, head, metric] = cell(metrics_of(result, block).get(metric))
     label = max(len(title), *(len(r) for r in rows))
     per_line = max(1, (width - label) // (CELL + 2))
     lines = []
@@ -160,8 +169,9 @@ def main(argv=None) -> int:
     parser.add_argument("revs", nargs="*", help="git revisions whose experiments to show (default: HEAD's, as "
                                                 "`dvc exp show`)")
     parser.add_argument("--metrics", nargs="+", default=["roc_auc", "accuracy"], choices=sorted(LABELS))
-    parser.add_argument("--block", default="test", choices=["test", "val", "patient"],
-                        help="test slices, validation slices, or patients (mean slice probability)")
+    parser.add_argument("--block", default="test", choices=["test", "val", "patient", "worst_source"],
+                        help="test slices, validation slices, patients (mean slice probability), or the test slices "
+                             "of each model's worst source (docs/sources.md)")
     parser.add_argument("--width", type=int, default=120, help="wrap tables to this many characters a line")
     parser.add_argument("--repo", default=".")
     args = parser.parse_args(argv)

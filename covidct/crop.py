@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from covidct import atomic, store
+from covidct import atomic, provenance, store
 from covidct.errors import DataError, ResourceError
 from covidct.images import Unusable, read_image
 from covidct.layout import CLASS_NAMES, IMAGES_DIR, SPLITS, outside_images, read_split_file, split_filename
@@ -31,7 +31,7 @@ CLASS_MAPS = {
 }
 BALANCES = ("undersample", "weighted", "none")
 CROP_KEYS = ("classes", "balance", "margin", "image_size", "shard_size", "seed", "workers", "max_skipped_fraction",
-             "allow_missing_class")
+             "allow_missing_class", "source_rules")
 
 
 def check_params(crop: dict) -> list[str]:
@@ -48,6 +48,7 @@ def check_params(crop: dict) -> list[str]:
     problems.require(is_number(margin) and 0 <= margin <= 1, f"crop.margin={margin!r}: must be in [0, 1]")
     allow = crop.get("allow_missing_class", False)
     problems.require(isinstance(allow, bool), f"crop.allow_missing_class={allow!r}: true or false")
+    problems += provenance.check_rules("crop.source_rules", crop.get("source_rules", provenance.DEFAULT_RULES))
     return problems
 
 
@@ -126,6 +127,17 @@ def slice_table(raw_dir: str | os.PathLike, variant: str = "3A", root: str | os.
                 f"Copy those images into {IMAGES_DIR}/ (or link the whole {IMAGES_DIR}/ folder instead)."
             )
     return table
+
+
+def with_sources(table: pd.DataFrame, raw_dir: str | os.PathLike, rules=None,
+                 root: str | os.PathLike | None = None) -> tuple[pd.DataFrame, dict]:
+    """``table`` with each slice's ``source`` (``covidct.provenance``: ``raw_dir``'s metadata.csv, else ``rules``), and
+    how many slices each way found it. ``root``: the user's dataset folder, named in messages instead of the copy."""
+    metadata = Path(raw_dir) / provenance.METADATA_CSV
+    shown = Path(root) / provenance.METADATA_CSV if root is not None else None
+    listed = provenance.read_metadata(metadata, shown) if metadata.is_file() else None
+    sources, how = provenance.assign(table, listed, provenance.DEFAULT_RULES if rules is None else rules)
+    return table.assign(source=sources), how
 
 
 def label_and_balance(table: pd.DataFrame, classes: str, balance: str, seed: int) -> tuple[pd.DataFrame, dict]:
@@ -369,7 +381,9 @@ def build_store(table: pd.DataFrame, info: dict, images_root: Path, out_dir: Pat
     finally:
         results.close()
     writer.close()
-    index = table.loc[kept, ["fname", "patient", "split", "label", "cls", "xmin", "ymin", "xmax", "ymax"]]
+    if "source" not in table:  # sources are assigned by the crop stage; a store built without them has one
+        table = table.assign(source=provenance.UNKNOWN)
+    index = table.loc[kept, ["fname", "patient", "source", "split", "label", "cls", "xmin", "ymin", "xmax", "ymax"]]
     index = index.reset_index(drop=True)
     for split in SPLITS:
         if not (index["split"] == split).any():
@@ -377,6 +391,7 @@ def build_store(table: pd.DataFrame, info: dict, images_root: Path, out_dir: Pat
                             "Check the images folder and the split file.")
     index["shard"], index["offset"] = writer.locations()
     info = {**info, **recount(index, info["label_names"])}
-    meta = {**info, "size": size, "margin": margin, "shard_size": shard_size, "slices": len(index)}
+    meta = {**info, "size": size, "margin": margin, "shard_size": shard_size, "slices": len(index),
+            "sources": provenance.counts(index, info["label_names"])}
     store.write_index(out_dir, index, meta)
     return meta, skipped

@@ -1,5 +1,5 @@
-"""Feature files: one Parquet file per split with ``fname``, ``patient``, ``label`` and ``features`` (a fixed-size
-float32 list); the schema metadata records the backbone, its weights and input size, the labels and versions.
+"""Feature files: one Parquet file per split with ``fname``, ``patient``, ``source``, ``label`` and ``features`` (a
+fixed-size float32 list); the schema metadata records the backbone, its weights and input size, the labels and versions.
 
 Written by the extract stage (``features``), read by the heads' train and evaluate stages, which therefore never
 import the extraction engine or torch's model code.
@@ -25,6 +25,7 @@ def schema_for(dim: int, metadata: dict) -> pa.Schema:
         [
             ("fname", pa.string()),
             ("patient", pa.string()),
+            ("source", pa.string()),
             ("label", pa.int64()),
             ("features", pa.list_(pa.float32(), dim)),
         ],
@@ -51,6 +52,11 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise
     except (pa.ArrowException, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
         raise _damaged(path, exc) from None
+
+
+def label_names(metadata: dict) -> list[str]:
+    """The class names, in label order, from a features file's schema metadata."""
+    return json.loads(metadata["label_names"])
 
 
 def read_features(path: str | os.PathLike):

@@ -1,6 +1,6 @@
 """Frozen-backbone features: crop store -> ``<out>/<split>.parquet``, streamed with bounded memory.
 
-One Parquet file per split: ``fname``, ``patient``, ``label`` and ``features`` (a fixed-size float32
+One Parquet file per split: ``fname``, ``patient``, ``source``, ``label`` and ``features`` (a fixed-size float32
 list). Backbone, weights, input size and library versions are in the schema metadata. Reading the
 next batch and writing the last one run on helper threads, so the model is the only thing the main
 thread waits for.
@@ -351,6 +351,7 @@ def _write(writer: pq.ParquetWriter, schema: pa.Schema, buffered: list) -> None:
         {
             "fname": pa.array(rows["fname"].to_numpy(), pa.string()),
             "patient": pa.array(rows["patient"].to_numpy(), pa.string()),
+            "source": pa.array(rows["source"].to_numpy(), pa.string()),
             "label": pa.array(rows["label"].to_numpy(), pa.int64()),
             "features": pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1)), dim),
         },

@@ -209,10 +209,39 @@ def patient_level(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.groupby("patient", sort=True).agg(label=("label", "max"), prob=("prob", "mean")).reset_index()
 
 
+# Per source: what can be said of a few hundred slices of one collection, often of one class (sensitivity or
+# specificity then, with the other undefined and the reason given).
+SOURCE_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc")
+
+
+def per_source(test: pd.DataFrame, threshold=0.5, n_resamples=1000, seed=0, n_bins=10) -> dict:
+    """{source: {slices, patients, per_class, accuracy, sensitivity, specificity, roc_auc}} on ``test``'s rows of
+    each source (column ``source``), with patient-bootstrap intervals within the source."""
+    out = {}
+    for source, part in test.groupby("source", sort=True):
+        covid = int(part["label"].sum())
+        out[str(source)] = {
+            "slices": len(part), "patients": int(part["patient"].nunique()),
+            "per_class": {"COVID-19": covid, "not COVID-19": len(part) - covid},
+            **bootstrap(part["label"], part["prob"], part["patient"], threshold, n_resamples, seed, n_bins,
+                        which=SOURCE_METRICS),
+        }
+    return out
+
+
+def worst_source(by_source: dict) -> str | None:
+    """The source with the lowest test accuracy (ties: the larger one, then by name); None without sources."""
+    if not by_source:
+        return None
+    return min(by_source, key=lambda s: (by_source[s]["accuracy"]["value"], -by_source[s]["slices"], s))
+
+
 def evaluate(val: pd.DataFrame, test: pd.DataFrame, n_resamples=1000, seed=0, n_bins=10) -> dict:
-    """``val``/``test``: columns patient, label (0/1), prob (of the positive class)."""
+    """``val``/``test``: columns patient, label (0/1), prob (of the positive class), and optionally source (then
+    ``by_source`` holds the test metrics of each source)."""
     threshold, note = chosen_threshold(val["label"], val["prob"])
     patients = patient_level(test)
+    by_source = per_source(test, 0.5, n_resamples, seed, n_bins) if "source" in test else {}
     return {**({"threshold_note": note} if note else {}),
         "val": bootstrap(val["label"], val["prob"], val["patient"], 0.5, n_resamples, seed, n_bins),
         "test": bootstrap(test["label"], test["prob"], test["patient"], 0.5, n_resamples, seed, n_bins),
@@ -221,6 +250,7 @@ def evaluate(val: pd.DataFrame, test: pd.DataFrame, n_resamples=1000, seed=0, n_
         "patient": bootstrap(patients["label"], patients["prob"], patients["patient"], 0.5, n_resamples, seed,
                              n_bins),
         "threshold": round(threshold, 6),
+        **({"by_source": by_source, "worst_source": worst_source(by_source)} if by_source else {}),
     }
 
 
@@ -256,6 +286,9 @@ def headline(name: str, result: dict) -> str:
     t = result["test"]
     line = (f"evaluate {name}: test accuracy {show(t['accuracy'])}, ROC AUC {show(t['roc_auc'], interval=False)}, "
             f"{'fallback' if result.get('threshold_note') else 'val-chosen'} threshold {result['threshold']:.3f}")
+    if result.get("worst_source"):
+        worst = result["worst_source"]
+        line += f"; worst source {worst}: accuracy {show(result['by_source'][worst]['accuracy'])}"
     if result.get("threshold_note"):
         line += f"\nevaluate {name}: warning: {result['threshold_note']}"
     return line

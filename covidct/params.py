@@ -25,7 +25,7 @@ from covidct.errors import ParamsError
 
 # The sections of params.yaml, each checked by the module that consumes it (tests/test_params.py keeps this list
 # and the file in step).
-SECTIONS = ("data", "sample", "crop", "extract", "backbones", "heads", "evaluate", "finetune", "explain")
+SECTIONS = ("data", "sample", "crop", "extract", "backbones", "heads", "evaluate", "confounding", "finetune", "explain")
 MAX_WORKERS = 1024  # processes or threads a key may ask for
 MAX_SEED = 2**32 - 1  # numpy's and pandas' limit
 

@@ -7,10 +7,16 @@ body (so cropping to the bounding box matters), a random position, size, gain an
 a lesion adds is taken back out of the whole body, so the class mean intensities agree: no shortcut
 through global brightness.
 
+Like COVIDx CT, the sample pools several sources ("sites"), each with its own scanner look: gain, offset, noise
+and sharpness (``SITES``). By default every site holds both classes, so a site says nothing about the label; with
+``confounded=True`` the last site holds every COVID-19 patient and only those, and looks distinctly different:
+the single-class-source trap of pooled datasets, which the confounding check must catch.
+
 Layout written under ``root`` (the same as the Kaggle download):
-    3A_images/<source>_<patient>_<scan>_<slice>.png   512x512 8-bit grayscale
+    3A_images/phantom_<patient>_<scan>_<slice>.png    512x512 8-bit grayscale (the name does not tell the site)
     masks/<same name>.png                              lesion mask (0/255), for CAM tests
     {train,val,test}_COVIDx_CT-3A.txt                  ``fname cls xmin ymin xmax ymax``
+    metadata.csv                                       ``patient id,source,finding``, as COVIDx CT's releases
 """
 
 from __future__ import annotations
@@ -26,12 +32,24 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from covidct.atomic import atomic_write_text
-from covidct.layout import IMAGES_DIR, SPLITS, split_filename
+from covidct.layout import IMAGES_DIR, SPLITS, patient_id, split_filename
 from covidct.params import Problems, integer, is_number, is_positive_int, seed_int, unknown_keys
 
 NORMAL, PNEUMONIA, COVID = 0, 1, 2
 CLASS_NAMES = {NORMAL: "Normal", PNEUMONIA: "Pneumonia", COVID: "COVID-19"}
-SOURCE = "phantom"
+SOURCE = "phantom"  # every file name's first field; the site is in metadata.csv only
+
+# A site's scanner: multiplies the gray levels, adds to them, adds noise (sd) and blurs (sd in px at 512).
+# site_a is the look the sample had before it had sites.
+SITES = {
+    "site_a": {"gain": 1.0, "offset": 0.0, "noise": 6.0, "blur": 0.8},
+    "site_b": {"gain": 0.9, "offset": 10.0, "noise": 9.0, "blur": 0.6},
+    "site_c": {"gain": 1.1, "offset": -8.0, "noise": 4.0, "blur": 1.1},
+    "site_d": {"gain": 0.95, "offset": 5.0, "noise": 7.5, "blur": 1.4},
+}
+# The confounded variant's last site: far brighter, sharper and noisier than any other, so a network tells it apart
+# at a glance (as a scanner, a reconstruction kernel or burned-in text would).
+CONFOUNDED_LOOK = {"gain": 1.25, "offset": 30.0, "noise": 12.0, "blur": 0.3}
 
 # Gray levels of the tissues, roughly a lung window mapped to 8 bits.
 AIR, LUNG, FAT, MUSCLE, HEART, BONE, TABLE = 4.0, 30.0, 95.0, 128.0, 140.0, 225.0, 150.0
@@ -46,27 +64,45 @@ class SliceSpec:
     slice_index: int
     n_slices: int
     seed: int
+    site: str = "site_a"
+    look: tuple = tuple(SITES["site_a"].values())  # gain, offset, noise, blur
 
     @property
     def fname(self) -> str:
         return f"{SOURCE}_{self.patient:04d}_{self.scan}_{self.slice_index:04d}.png"
 
 
-def plan_slices(patients: dict, class_fractions: dict, slices_per_patient: tuple, seed: int):
-    """Assigns patients to splits and classes (patient-disjoint by construction)."""
+def plan_slices(patients: dict, class_fractions: dict, slices_per_patient: tuple, seed: int, sites: int = 1,
+                confounded: bool = False):
+    """Assigns patients to splits, classes and sites (patient-disjoint by construction).
+
+    Sites take turns within each split and class, so every site gets its share of each class (as far as the counts
+    allow); with ``confounded`` every COVID-19 patient goes to the last site, the others take turns at the rest.
+    """
     rng = np.random.default_rng(seed)
-    specs, patient_id = [], 0
+    site_rng = np.random.default_rng([seed, 1])  # its own stream: adding sites leaves classes and anatomy as they were
+    names = list(SITES)[:sites]
+    specs, number = [], 0
     for split in SPLITS:
         n_patients = int(patients[split])
         counts = _class_counts(n_patients, class_fractions)
         classes = [c for c, n in counts.items() for _ in range(n)]
         rng.shuffle(classes)
+        turns = {cls: int(site_rng.integers(len(names))) for cls in counts}  # where each class's turns start
         for cls in classes:
-            patient_id += 1
+            number += 1
             scan = int(rng.integers(1000, 9999))
             n = int(rng.integers(slices_per_patient[0], slices_per_patient[1] + 1))
+            if confounded and len(names) > 1:
+                site = names[-1] if cls == COVID else names[turns[cls] % (len(names) - 1)]
+                look = CONFOUNDED_LOOK if site == names[-1] else SITES[site]
+            else:
+                site = names[turns[cls] % len(names)]
+                look = SITES[site]
+            turns[cls] += 1
             for k in range(n):
-                specs.append(SliceSpec(split, int(cls), patient_id, scan, k, n, int(rng.integers(2**31))))
+                specs.append(SliceSpec(split, int(cls), number, scan, k, n, int(rng.integers(2**31)), site,
+                                       tuple(look.values())))
     return specs
 
 
@@ -153,9 +189,10 @@ def render_slice(spec: SliceSpec, size: int = 512):
     inside = body <= 1.0
     img[inside] -= lesion.sum() / max(int(inside.sum()), 1)
 
-    img = gaussian_filter(img, sigma=0.8 * s)
+    site_gain, site_offset, site_noise, site_blur = spec.look
+    img = gaussian_filter(img, sigma=site_blur * s)
     gain, offset = patient_rng.uniform(0.92, 1.08), patient_rng.uniform(-6, 6)
-    img = img * gain + offset + rng.normal(0.0, 6.0, img.shape)
+    img = (img * gain + offset) * site_gain + site_offset + rng.normal(0.0, site_noise, img.shape)
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
     ys, xs = np.nonzero(inside)
@@ -250,7 +287,10 @@ def _write_one(args):
 def check_params(sample: dict) -> list[str]:
     """The ``sample:`` section (the phantom generator's settings)."""
     problems = Problems(unknown_keys("sample", sample, ("seed", "image_size", "patients", "class_fractions",
-                                                       "slices_per_patient")))
+                                                       "slices_per_patient", "sites", "confounded")))
+    problems += integer("sample.sites", sample.get("sites", 1), 1, len(SITES))
+    confounded = sample.get("confounded", False)
+    problems.require(isinstance(confounded, bool), f"sample.confounded={confounded!r}: true or false")
     problems += seed_int("sample.seed", sample.get("seed"))
     problems += integer("sample.image_size", sample.get("image_size"), 32, 8192)
     fractions, names = sample.get("class_fractions"), ("normal", "pneumonia", "covid")
@@ -270,23 +310,27 @@ def check_params(sample: dict) -> list[str]:
 
 
 def generate(root: str | os.PathLike, patients: dict, class_fractions: dict, slices_per_patient=(9, 12),
-             image_size: int = 512, seed: int = 0, workers: int = 0, progress: bool = True) -> dict:
+             image_size: int = 512, seed: int = 0, workers: int = 0, progress: bool = True, sites: int = 1,
+             confounded: bool = False) -> dict:
     """Writes the sample under ``root``; returns counts per split and class."""
     from tqdm import tqdm
 
     root = Path(root)
     (root / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
-    specs = plan_slices(patients, class_fractions, tuple(slices_per_patient), seed)
+    specs = plan_slices(patients, class_fractions, tuple(slices_per_patient), seed, sites, confounded)
     workers = workers or os.cpu_count() or 1
     lines = {split: [] for split in SPLITS}
     counts = {split: {CLASS_NAMES[c]: 0 for c in CLASS_NAMES} for split in SPLITS}
     jobs = [(spec, root, image_size) for spec in specs]
     with ProcessPoolExecutor(workers) as pool:
         results = pool.map(_write_one, jobs, chunksize=16)
-        for spec, bbox in tqdm(results, total=len(jobs), desc="sample", disable=not progress):
+        for spec, bbox in tqdm(results, total=len(jobs), desc="sample", unit="img", disable=not progress):
             lines[spec.split].append(f"{spec.fname} {spec.cls} {bbox[0]} {bbox[1]} {bbox[2]} {bbox[3]}")
             counts[spec.split][CLASS_NAMES[spec.cls]] += 1
     for split in SPLITS:
         atomic_write_text(root / split_filename(split), "\n".join(lines[split]) + "\n")
+    patients_seen = {patient_id(spec.fname): spec for spec in specs}
+    atomic_write_text(root / "metadata.csv", "patient id,source,finding\n" + "".join(
+        f"{pid},{spec.site},{CLASS_NAMES[spec.cls]}\n" for pid, spec in patients_seen.items()))
     return counts

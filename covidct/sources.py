@@ -24,6 +24,7 @@ from covidct.atomic import atomic_write_json
 from covidct.errors import DataError
 from covidct.layout import DATASET_JSON, IMAGES_DIR, SPLITS, read_split_file, split_filename
 from covidct.params import Problems, choice, unknown_keys
+from covidct.provenance import METADATA_CSV
 
 SOURCES = ("sample", "local", "kaggle")
 KAGGLE_CREDENTIALS_HELP = (
@@ -175,6 +176,9 @@ def prepare(data: dict, sample_root: str | os.PathLike, out_dir: str | os.PathLi
         # folder that is gone once the stage has failed.
         rows = read_split_file(out_dir / name, split, shown_as=root / name)
         info["split_files"][split] = {"file": name, "sha256": sha256_file(out_dir / name), "slices": len(rows)}
+    if (root / METADATA_CSV).is_file():  # the release's per-patient metadata: where each slice's source comes from
+        shutil.copyfile(root / METADATA_CSV, out_dir / METADATA_CSV)
+        info["metadata"] = {"file": METADATA_CSV, "sha256": sha256_file(out_dir / METADATA_CSV)}
     if data["source"] != "sample":
         info["images"] = fingerprint(root / IMAGES_DIR)
     atomic_write_json(out_dir / DATASET_JSON, info)

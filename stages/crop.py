@@ -17,6 +17,9 @@ def main(raw: str, out: str, summary: str, skipped: str) -> None:
     c = params.load(crop=crop.check_params)["crop"]
     dataset = layout.read_dataset_info(raw)
     table = crop.slice_table(raw, dataset["variant"], root=dataset["root"])
+    table, how = crop.with_sources(table, raw, c.get("source_rules"), root=dataset["root"])
+    print("crop: slice sources: " + ", ".join(f"{n} from {way}" for way, n in how.items() if n) +
+          f"; {table['source'].nunique()} sources: {', '.join(sorted(table['source'].unique()))}")
     table, info = crop.label_and_balance(table, c["classes"], c["balance"], c["seed"])
     allow = c.get("allow_missing_class", False)
     warned = crop.check_classes(info["counts"], info["label_names"], allow, f" with crop.classes={c['classes']!r}")

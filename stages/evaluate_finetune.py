@@ -16,7 +16,7 @@ def main(model: str, store: str, out: str, live: str) -> None:
     for split in ("val", "test"):
         rows = crops.rows(split)
         probs = classifier.predict_split(network, crops, split, device)[0]
-        frames[split] = rows[["fname", "patient"]].assign(label=(rows["label"] == positive).astype(int).to_numpy(),
+        frames[split] = rows[[c for c in ("fname", "patient", "source") if c in rows]].assign(label=(rows["label"] == positive).astype(int).to_numpy(),
                                                           prob=probs[:, positive])
     extra = {"best_epoch": config["best_epoch"], "stopped_epoch": config["stopped_epoch"]}
     result = metrics.evaluate_and_log(frames["val"], frames["test"], p["evaluate"], out, live, extra)

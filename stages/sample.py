@@ -19,7 +19,8 @@ def main(out: str) -> None:
             return
         counts = phantom.generate(tmp, patients=s["patients"], class_fractions=s["class_fractions"],
                                   slices_per_patient=s["slices_per_patient"], image_size=s["image_size"],
-                                  seed=s["seed"], progress=cli.show_progress())
+                                  seed=s["seed"], progress=cli.show_progress(), sites=s.get("sites", 1),
+                                  confounded=s.get("confounded", False))
     print(f"sample: {sum(sum(c.values()) for c in counts.values())} slices, per split {counts} -> {out}")
 
 

@@ -38,7 +38,8 @@ def build_store(raw: Path, out: Path, size: int, shard_size: int, balance: str =
     """The crop stage's store of ``raw`` (binary classes), single-process and quiet."""
     from covidct import crop
 
-    table, info = crop.label_and_balance(crop.slice_table(raw), "binary", balance, seed=0)
+    table, _ = crop.with_sources(crop.slice_table(raw), raw)
+    table, info = crop.label_and_balance(table, "binary", balance, seed=0)
     crop.build_store(table, info, raw, out, size=size, margin=0.0, shard_size=shard_size, workers=1, progress=False)
     return out
 

@@ -47,9 +47,9 @@ def test_a_registered_backbone_runs_every_stage_with_no_other_code_change(tmp_pa
         f.write(TINY_NET)
 
     models = ["tiny-logreg", "tiny-mlp"]
-    expected = {"sample", "download", "crop", "extract@tiny", "report", "finetune@tiny-scratch",
+    expected = {"sample", "download", "crop", "extract@tiny", "confounding@tiny", "report", "finetune@tiny-scratch",
                 "evaluate_finetune@tiny-scratch", "explain_finetune@tiny-scratch"}
-    expected |= {f"{stage}@{model}" for stage in ("train", "evaluate", "explain") for model in models}
+    expected |= {f"{stage}@{model}" for stage in ("train", "evaluate", "loso", "explain") for model in models}
     assert stages_run(dvc(project, "repro")) == expected
 
     for model in models + ["finetune-tiny-scratch"]:

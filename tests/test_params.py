@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from covidct import backbones, crop, explain, features, finetune, heads, metrics, params, phantom, sources
+from covidct import backbones, confounding, crop, explain, features, finetune, heads, metrics, params, phantom, sources
 from covidct.errors import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every section of params.yaml and the module that checks it, as the stages pass them to params.load.
 CHECKS = {"data": sources.check_params, "sample": phantom.check_params, "crop": crop.check_params,
           "extract": features.check_params, "backbones": backbones.check_params, "heads": heads.check_params,
-          "finetune": finetune.check_params, "explain": explain.check_params, "evaluate": metrics.check_params}
+          "finetune": finetune.check_params, "explain": explain.check_params, "evaluate": metrics.check_params,
+          "confounding": confounding.check_params}
 
 
 def committed():
@@ -142,7 +143,7 @@ def test_the_readme_full_study_command_sets_valid_params(tmp_path):
         ("finetune.trian", {}, "finetune.trian: unknown key; did you mean train?"),
         ("evaluate.bootstraps", 10, "evaluate.bootstraps: unknown key; did you mean bootstrap?"),
         ("explain.method", ["gradcam"], "explain.method: unknown key; did you mean methods?"),
-        ("sample.seeds", 1, "sample.seeds: unknown key; did you mean seed?"),
+        ("sample.image_sise", 1, "sample.image_sise: unknown key; did you mean image_size?"),
         ("data.sorce", "local", "data.sorce: unknown key; did you mean source?"),
         ("heads.mlp.zzz", 1, "heads.mlp.zzz: unknown key; known keys: ['base_lr', 'batch_size', 'dropout'"),
         # grids: C, hidden and dropout may be lists, non-empty, of distinct valid values

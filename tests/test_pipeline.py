@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def shrink(params: dict) -> dict:
     params["sample"].update(image_size=96, patients={"train": 4, "val": 2, "test": 2}, slices_per_patient=[2, 2],
-                            class_fractions={"normal": 0.5, "pneumonia": 0.0, "covid": 0.5})
+                            class_fractions={"normal": 0.5, "pneumonia": 0.0, "covid": 0.5},
+                            sites=2)  # each site keeps both classes in train: leave-one-source-out refits every one
     params["crop"].update(image_size=40, workers=2)
     params["extract"]["batch_size"] = 8
     for cfg in params["backbones"].values():
@@ -66,12 +67,14 @@ def stages_importing(work: Path, module: str) -> set[str]:
 
 
 def stages_of(params: dict, backbones=None, heads=None) -> set[str]:
-    """Names of the extract/train/evaluate/explain stages for these backbones and heads (all by default)."""
+    """Names of the extract/confounding and train/evaluate/loso/explain stages for these backbones and heads (all by
+    default)."""
     backbones = list(params["backbones"]) if backbones is None else backbones
     heads = list(params["heads"]) if heads is None else heads
     models = {f"{b}-{h}" for b in backbones for h in heads}
-    return ({f"extract@{b}" for b in backbones} if heads == list(params["heads"]) else set()) | {
-        f"{stage}@{m}" for stage in ("train", "evaluate", "explain") for m in models}
+    per_backbone = {f"{stage}@{b}" for stage in ("extract", "confounding") for b in backbones}
+    return (per_backbone if heads == list(params["heads"]) else set()) | {
+        f"{stage}@{m}" for stage in ("train", "evaluate", "loso", "explain") for m in models}
 
 
 def finetune_stages(params: dict) -> set[str]:
@@ -117,13 +120,16 @@ def test_each_change_reruns_exactly_what_depends_on_it(project):
 @pytest.mark.slow
 def test_editing_a_library_module_reruns_exactly_the_stages_that_import_it(project):
     """Code is a dependency like data: an edit to covidct/metrics.py (not to a stage file) reruns every stage whose
-    import closure holds it, here the evaluations, and nothing else (their outputs come out byte-identical)."""
+    import closure holds it, here the evaluations, the per-source stages and the report, and nothing else (their
+    outputs come out byte-identical)."""
     if not (project / "metrics/summary.md").exists():
         repro(project)
     repro(project)
     module = "covidct/metrics.py"
     expected = stages_importing(project, module)
-    assert expected and all(name.startswith(("evaluate@", "evaluate_finetune@")) for name in expected), expected
+    assert expected and all(name.startswith(("evaluate@", "evaluate_finetune@", "loso@", "confounding@", "report"))
+                            for name in expected), expected
+    assert not any(name.startswith(("train@", "extract@", "finetune@")) for name in expected), expected
     with (project / module).open("a") as f:
         f.write("\n# an edit that changes no behaviour, only the file's hash\n")
     assert repro(project) == ALWAYS | expected
@@ -271,6 +277,9 @@ def test_plots_render_offline_in_a_headless_browser(project):
             if "Confusion" in plot_id:
                 assert all(any(label.startswith(f"{m} · ") for label in labels) for m in models), plot_id
                 assert sum(label.isdigit() for label in labels) >= 4 * len(models), "every cell shows its count"
+            elif "source" in plot_id:  # leave one source out: the frozen-feature heads, refitted
+                heads = [m for m in models if not m.startswith("finetune-")]
+                assert set(heads) <= set(labels), f"{plot_id}: legend lacks {set(heads) - set(labels)}"
             elif "epoch" not in plot_id:
                 assert set(models) <= set(labels), f"{plot_id}: legend lacks {set(models) - set(labels)}"
 
