@@ -278,6 +278,22 @@ def grid_table(grid: dict) -> str:
     return "\n".join(lines)
 
 
+def row_space(x: np.ndarray) -> np.ndarray | None:
+    """An orthonormal basis (rows) of the span of ``x``'s rows, when there are fewer rows than columns; else None.
+
+    With more features than slices (4,096 VGG16 features of a few hundred training slices, or a source left out),
+    the L2-penalised weights lie in the rows' span: a component orthogonal to every row changes no logit and only
+    adds to the penalty. Fitting on the coordinates in this basis (n columns instead of d) reaches the same
+    optimum with Newton steps on an n x n Hessian instead of d x d, tens of times faster.
+    """
+    n, d = x.shape
+    if n >= d:
+        return None
+    _, singular, vt = np.linalg.svd(x, full_matrices=False)
+    keep = singular > singular[0] * max(n, d) * np.finfo(np.float64).eps if len(singular) else singular > 0
+    return vt[keep]
+
+
 @register("logreg")
 class LogRegHead(Head):
     PARAMS = ("C", "max_iter")  # its keys under heads.logreg (check_params reports any other)
@@ -293,15 +309,19 @@ class LogRegHead(Head):
         # BLAS threads).
         model = LogisticRegression(C=self.params["C"], max_iter=self.params["max_iter"], class_weight=weight,
                                    solver="newton-cholesky", tol=1e-10)
+        scaled = self.scaler(x).astype(np.float64)
+        basis = row_space(scaled)
         with warnings.catch_warnings():
             warnings.simplefilter("error", ConvergenceWarning)
             try:
-                model.fit(self.scaler(x).astype(np.float64), y)
+                model.fit(scaled if basis is None else scaled @ basis.T, y)
             except ConvergenceWarning:
                 raise DataError(f"logistic regression did not converge in heads.logreg.max_iter="
                                 f"{self.params['max_iter']} Newton steps; raise it, or lower heads.logreg.C") from None
         self.n_iter = int(np.max(model.n_iter_))
-        self.coef, self.intercept = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
+        coef = model.coef_.astype(np.float64)
+        self.coef = coef if basis is None else coef @ basis
+        self.intercept = model.intercept_.astype(np.float64)
         self.n_classes = len(model.classes_)
         pred = self.predict_proba(x_val).argmax(1)
         proba_train = self.predict_proba(x)

@@ -59,6 +59,7 @@ def test_head_grid_bench_compares_old_and_grid_settings_on_test_with_paired_inte
         y = np.arange(n) % 2
         x = (rng.normal(size=(n, 6)) + y[:, None] * 0.8).astype(np.float32)
         table = pa.table({"fname": [f"{split}{i}.png" for i in range(n)], "patient": [f"{split}{i // 4}" for i in range(n)],
+                          "source": ["site_a"] * n,
                           "label": y, "features": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 6)},
                          schema=featurefile.schema_for(6, metadata))
         pq.write_table(table, folder / f"{split}.parquet")

@@ -71,7 +71,7 @@ def _features_dir(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         table = pa.table({"fname": [f"{split}{i}.png" for i in range(n)], "patient": [f"p{i // 3}" for i in range(n)],
-                          "label": np.arange(n) % 2,
+                          "source": ["site_a"] * n, "label": np.arange(n) % 2,
                           "features": pa.FixedSizeListArray.from_arrays(pa.array(rng.normal(size=n * dim),
                                                                                  pa.float32()), dim)},
                          schema=featurefile.schema_for(dim, metadata))

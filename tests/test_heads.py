@@ -271,7 +271,7 @@ def test_the_train_stage_prints_the_candidates_and_logs_only_the_chosen_ones_epo
     for split, rows in (("train", slice(0, 100)), ("val", slice(100, 160))):
         n = len(y[rows])
         table = pa.table({"fname": [f"{split}{i}.png" for i in range(n)], "patient": [f"p{i // 3}" for i in range(n)],
-                          "label": y[rows], "features": pa.FixedSizeListArray.from_arrays(pa.array(x[rows].ravel()), 8)},
+                          "source": ["site_a"] * n, "label": y[rows], "features": pa.FixedSizeListArray.from_arrays(pa.array(x[rows].ravel()), 8)},
                          schema=featurefile.schema_for(8, metadata))
         pq.write_table(table, features / f"{split}.parquet")
     p = params.read(ROOT / "params.yaml")
@@ -287,3 +287,27 @@ def test_the_train_stage_prints_the_candidates_and_logs_only_the_chosen_ones_epo
     assert f"\n{chosen} | " in out and out.count(" | yes |") == 1 and f"chose hidden={chosen} " in out
     assert len((tmp_path / "epochs.csv").read_text().splitlines()) == 1 + 2, "the chosen candidate's 2 epochs"
     assert len((tmp_path / "live" / "plots" / "metrics" / "val" / "accuracy.tsv").read_text().splitlines()) == 1 + 2
+
+
+def test_wide_logistic_regression_is_fitted_in_the_rows_span_and_matches_the_direct_fit():
+    """More features than slices: the fit runs on the rows' coordinates (covidct.heads.row_space) and reaches the
+    direct fit's optimum: the same weights and probabilities to rounding error."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from covidct.heads import Standardizer, create_head, row_space
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 300)).astype(np.float32)
+    y = (x[:, :5].sum(1) + rng.normal(size=60) > 0).astype(int)
+    head = create_head("logreg", {"C": 0.1, "max_iter": 500})
+    head.fit(x, y, x[:10], y[:10], positive=1)
+    scaler = Standardizer().fit(x)
+    direct = LogisticRegression(C=0.1, max_iter=500, solver="newton-cholesky", tol=1e-10)
+    direct.fit(scaler(x).astype(np.float64), y)
+    assert head.coef.shape == (1, 300)
+    assert np.abs(head.coef - direct.coef_).max() < 1e-8
+    assert np.abs(head.predict_proba(x) - direct.predict_proba(scaler(x).astype(np.float64))).max() < 1e-8
+    basis = row_space(scaler(x).astype(np.float64))
+    assert basis.shape == (60, 300) and np.allclose(basis @ basis.T, np.eye(60), atol=1e-10)
+    assert row_space(np.ones((5, 3))) is None, "as many rows as columns or more: no basis, the direct fit"
