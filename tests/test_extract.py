@@ -35,11 +35,12 @@ def test_parquet_layout_order_and_metadata(crop_store, tmp_path):
     for split in ("train", "val", "test"):
         path = tmp_path / "f" / f"{split}.parquet"
         schema = pq.read_schema(path)
-        assert schema.names == ["fname", "patient", "label", "features"]
+        assert schema.names == ["fname", "patient", "source", "label", "features"]
         assert schema.field("features").type.list_size == 1280
         rows, x, meta = featurefile.read_features(path)
         expected = store.rows(split)
         assert list(rows["fname"]) == list(expected["fname"]) and list(rows["label"]) == list(expected["label"])
+        assert list(rows["source"]) == list(expected["source"])
         assert x.shape == (len(expected), 1280) and np.isfinite(x).all()
         assert meta["backbone"] == "efficientnet_lite0" and meta["weights"] == "none" and meta["image_size"] == "32"
         assert "torch" in meta["versions"]
