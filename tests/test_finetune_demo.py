@@ -1,7 +1,9 @@
 """The demo's fine-tuned ResNet-18, trained here from scratch: >= 90 % on the sample, CAMs on the lesions.
 
 The fixture runs what the sample, download, crop and finetune@resnet18-scratch stages run, with the committed
-params.yaml (the embedded sample, its crop size, the run's recipe), so the test checks the shipped defaults.
+params.yaml (the embedded sample, its crop size, the run's recipe), so the test checks the shipped defaults, but on
+one site: on the demo's three sites the network still reaches 90 % (94.7 % in the demo) while its GradCAM peaks
+on a lesion for only a third of the COVID-19 slices, an open question (issue 16) this test does not yet pin.
 CAMs of COVID-19 test slices are then compared with the generator's lesion masks, cropped and resized exactly
 as the crop store was. A CAM cannot be sharper than the feature map it comes from: at the demo's 96 px,
 ResNet-18's layer4 is a 3x3 grid, each cell a ninth of the slice, while a lesion covers ~2 % of it. So "the
