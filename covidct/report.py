@@ -29,8 +29,7 @@ CONFUSION = "plots/sklearn/confusion/test.json"
 
 def model_names(params: dict) -> list[str]:
     """Every model the configured pipeline trains: frozen-feature heads, then fine-tuned networks."""
-    names = [f"{b}-{h}" for b in params["backbones"] for h in params["heads"]]
-    return names + [f"finetune-{run}" for run in (params.get("finetune", {}).get("runs") or {})]
+    return head_model_names(params) + [f"finetune-{run}" for run in (params.get("finetune", {}).get("runs") or {})]
 
 
 def read_results(names: list[str], metrics_dir) -> dict[str, dict]:
